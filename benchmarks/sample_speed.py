@@ -1,0 +1,58 @@
+"""Tokens per second when sampling, with and without the KV cache.
+
+    python benchmarks/sample_speed.py                      # both models below, on the CPU
+    python benchmarks/sample_speed.py --device=cuda --new_tokens=1000
+
+Each model is built with random weights (speed does not depend on training); one sample,
+greedy, so both paths produce the same tokens, which the script checks.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from model import GPT, GPTConfig  # noqa: E402
+from prepare.common import autocast_context, resolve_device, resolve_dtype  # noqa: E402
+
+MODELS = {
+    "shakespeare (6x384, context 256)": GPTConfig(block_size=256, vocab_size=65, n_layer=6, n_head=6, n_embd=384, bias=False),
+    "shakespeare_cpu (4x128, context 64)": GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4, n_embd=128, bias=False),
+}
+
+
+def tokens_per_second(model, prompt, new_tokens, use_cache):
+    started = time.perf_counter()
+    out = model.generate(prompt, new_tokens, temperature=0, use_cache=use_cache)
+    return new_tokens / (time.perf_counter() - started), out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--new_tokens", type=int, default=1000)
+    parser.add_argument("--prompt_tokens", type=int, default=1)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="float32")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    print(f"device {device}, dtype {dtype}, threads {torch.get_num_threads()}, "
+          f"{args.prompt_tokens} prompt token(s), {args.new_tokens} new tokens, 1 sample")
+    print(f"{'model':38} {'cached tok/s':>13} {'recompute tok/s':>16} {'speed-up':>9}")
+    for name, config in MODELS.items():
+        torch.manual_seed(0)
+        model = GPT(config).to(device).eval()
+        prompt = torch.randint(0, config.vocab_size, (1, args.prompt_tokens), device=device)
+        with autocast_context(device, dtype):
+            tokens_per_second(model, prompt, 8, True)  # warm-up
+            cached, out_cached = tokens_per_second(model, prompt, args.new_tokens, True)
+            full, out_full = tokens_per_second(model, prompt, args.new_tokens, False)
+        same = "same tokens" if torch.equal(out_cached, out_full) else "TOKENS DIFFER"
+        print(f"{name:38} {cached:13.1f} {full:16.1f} {cached / full:8.1f}x  ({same})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,309 @@
+"""The whole GPT in one file.
+
+A GPT reads a sequence of token ids and, at every position, predicts a distribution over
+the next token. Reading top to bottom: the configuration, the cache that makes sampling
+fast, the three parts of a transformer block (attention, MLP, the block itself), the model,
+and the sampling filters.
+"""
+
+import inspect
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # the longest context the model reads, in tokens
+    vocab_size: int = 50304  # GPT-2's 50257 tokens, padded up to a multiple of 64 for speed
+    n_layer: int = 12  # transformer blocks
+    n_head: int = 12  # attention heads per block
+    n_embd: int = 768  # width of the residual stream
+    dropout: float = 0.0  # 0 for pretraining; 0.1+ helps small data sets
+    bias: bool = True  # biases in Linear and LayerNorm layers, as in GPT-2
+    pos_encoding: str = "learned"  # 'learned' (GPT-2) or 'sinusoidal' (fixed, as in Attention Is All You Need)
+    activation: str = "gelu"  # MLP nonlinearity: 'gelu' (GPT-2) or 'relu'
+
+    def __post_init__(self):
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.pos_encoding not in ("learned", "sinusoidal"):
+            raise ValueError(f"pos_encoding must be 'learned' or 'sinusoidal', got {self.pos_encoding!r}")
+        if self.activation not in ("gelu", "relu"):
+            raise ValueError(f"activation must be 'gelu' or 'relu', got {self.activation!r}")
+
+
+class KVCache:
+    """The keys and values of every layer for the tokens seen so far.
+
+    Sampling feeds the prompt once (prefill), then one new token per step: each layer
+    appends that token's key and value here and attends over everything stored, instead of
+    recomputing the whole sequence.
+    """
+
+    def __init__(self, config):
+        self.config = config
+        self.keys = self.values = None  # (n_layer, B, nh, block_size, hs), made on first use
+        self.length = 0  # tokens stored, the same in every layer; GPT.forward advances it
+
+    def append(self, layer, k, v):
+        """Store k, v (B, nh, T, hs) after the cached tokens; return all of that layer's so far."""
+        if self.keys is None:  # k's dtype is the one attention computes in (autocast included)
+            B, nh, _, hs = k.shape
+            shape = (self.config.n_layer, B, nh, self.config.block_size, hs)
+            self.keys = torch.zeros(shape, device=k.device, dtype=k.dtype)
+            self.values = torch.zeros(shape, device=v.device, dtype=v.dtype)
+        end = self.length + k.size(2)
+        self.keys[layer, :, :, self.length : end] = k
+        self.values[layer, :, :, self.length : end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config, layer):
+        super().__init__()
+        self.layer = layer  # this block's index, which selects its slot in a KVCache
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, cache=None):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.append(self.layer, k, v)  # (B, nh, past + T, hs)
+        mask = None
+        if past and T > 1:  # new token i may see the cached tokens and new tokens up to i
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=past == 0,  # one new token (T == 1) sees everything
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        # GPT-2 used the tanh approximation of GELU; keeping it lets its weights load exactly.
+        self.act = nn.GELU(approximate="tanh") if config.activation == "gelu" else nn.ReLU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm: normalise, transform, add back to the residual stream."""
+
+    def __init__(self, config, layer):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.ln_1(x), cache)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+def sinusoidal_positions(block_size, n_embd):
+    """Fixed encodings: even channels sin(pos / 10000^(i/C)), odd channels cos, (T, C)."""
+    position = torch.arange(block_size, dtype=torch.float32)[:, None]
+    frequency = torch.exp(torch.arange(0, n_embd, 2, dtype=torch.float32) * (-math.log(10000.0) / n_embd))
+    table = torch.zeros(block_size, n_embd)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency)[:, : n_embd // 2]
+    return table
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = replace(config)  # its own copy: crop_block_size changes it
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        if config.pos_encoding == "learned":
+            self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
+        else:  # not a parameter and not saved: it is the same function of the config every time
+            self.register_buffer("pos_table", sinusoidal_positions(config.block_size, config.n_embd), persistent=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Tied unembedding: the output projection IS the token embedding (one tensor).
+        self.transformer.wte.weight = self.lm_head.weight
+
+        self.apply(self._init_weights)
+        # GPT-2: scale the projections that write into the residual stream by 1/sqrt(2 * n_layer),
+        # so the stream's variance does not grow with depth (two such writes per block).
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self, non_embedding=True):
+        """Parameters, each counted once. Position embeddings are left out by default, as the
+        usual model-size figures do; the token embedding stays in, since it is also the output."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.config.pos_encoding == "learned":
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def positions(self, start, length, device):
+        pos = torch.arange(start, start + length, device=device)
+        if self.config.pos_encoding == "learned":
+            return self.transformer.wpe(pos)  # (T, C)
+        return self.pos_table[pos]  # (T, C)
+
+    def forward(self, idx, targets=None, cache=None, only_last=False):
+        """idx (B, T) token ids -> logits (B, T, vocab_size), or (B, 1, vocab_size) with
+        only_last; loss is the mean cross-entropy against targets (B, T), -1 ignored."""
+        B, T = idx.size()
+        past = cache.length if cache is not None else 0
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence of {past + T} tokens is longer than block_size {self.config.block_size}")
+        x = self.transformer.wte(idx) + self.positions(past, T, idx.device)  # (B, T, C)
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x, cache)
+        if cache is not None:
+            cache.length += T
+        x = self.transformer.ln_f(x)
+        logits = self.lm_head(x[:, [-1], :] if only_last else x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
+        return logits, loss
+
+    def crop_block_size(self, block_size):
+        """Use a shorter context than the model was built with (e.g. GPT-2's 1024 -> 256)."""
+        if not 1 <= block_size <= self.config.block_size:
+            raise ValueError(f"block_size must be in [1, {self.config.block_size}], got {block_size}")
+        self.config.block_size = block_size
+        if self.config.pos_encoding == "learned":
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+        else:
+            self.pos_table = self.pos_table[:block_size]
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW; weight decay on the 2-D weights (matmuls, embeddings), none on biases and norms."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        fused = "fused" in inspect.signature(torch.optim.AdamW).parameters and device_type in ("cuda", "cpu")
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
+
+    @torch.no_grad()
+    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                        generators=None, use_cache=True):
+        """Yield (token (B,), probs (B, vocab_size)) for each new token after idx (B, T), where
+        probs is the distribution the token was drawn from (after temperature, top-k, top-p).
+
+        generators: one torch.Generator per row, so row i draws the same tokens whether it is
+        sampled alone or in a batch. With use_cache=False every step recomputes the whole window.
+
+        Past block_size, the model reads the last block_size tokens, at positions 0..block_size-1.
+        Sliding that window shifts every token's position, so no cached key or value stays valid:
+        from then on each step clears the cache and re-reads the window, which gives exactly what
+        a full recompute gives (and costs as much).
+        """
+        check_sampling(temperature, top_k, top_p)
+        was_training = self.training
+        self.eval()
+        block_size = self.config.block_size
+        cache = KVCache(self.config) if use_cache else None
+        sequence, unread = idx, idx  # unread: tokens the cache has not seen yet
+        try:
+            for _ in range(max_new_tokens):
+                if cache is None:
+                    logits, _ = self(sequence[:, -block_size:], only_last=True)
+                else:
+                    if cache.length + unread.size(1) > block_size:
+                        cache.length = 0
+                        unread = sequence[:, -block_size:]
+                    logits, _ = self(unread, cache=cache, only_last=True)
+                probs = sampling_probs(logits[:, -1, :], temperature, top_k, top_p)
+                if generators is None:
+                    token = torch.multinomial(probs, 1).squeeze(1)
+                else:
+                    token = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])
+                sequence = torch.cat((sequence, token[:, None]), dim=1)
+                unread = token[:, None]
+                yield token, probs
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                 generators=None, use_cache=True):
+        """idx (B, T) -> (B, T + max_new_tokens): the prompt followed by the sampled tokens."""
+        new = [token for token, _ in self.generate_stream(
+            idx, max_new_tokens, temperature, top_k, top_p, generators, use_cache)]
+        return torch.cat([idx] + [token[:, None] for token in new], dim=1)
+
+
+def check_sampling(temperature, top_k, top_p):
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be at least 1 (or None for no cut), got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (or None for no cut), got {top_p}")
+
+
+def sampling_probs(logits, temperature=1.0, top_k=None, top_p=None):
+    """The distribution the next token is drawn from: logits (B, V) -> probabilities (B, V).
+
+    Applied in this order: temperature divides the logits (0 means greedy: all mass on the
+    argmax); top-k keeps the k largest; top-p keeps the smallest set of most likely tokens
+    whose probabilities sum to at least p. A token tied with the last one kept is kept too,
+    so the result never depends on how ties happen to be sorted.
+    """
+    check_sampling(temperature, top_k, top_p)
+    logits = logits.float()
+    if temperature == 0:
+        return F.one_hot(logits.argmax(dim=-1), logits.size(-1)).float()
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1:
+        sorted_probs = probs.sort(dim=-1, descending=True).values
+        # Tokens before the first place where the running sum reaches top_p (1e-6 absorbs float
+        # rounding, so 0.5 + 0.3 reaches 0.8), plus that one: its probability is the cut.
+        before = ((sorted_probs.cumsum(dim=-1) < top_p - 1e-6).sum(dim=-1, keepdim=True))
+        cut = sorted_probs.gather(-1, before.clamp(max=probs.size(-1) - 1))
+        probs = probs.masked_fill(probs < cut, 0.0)
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+    return probs

@@ -1,0 +1,347 @@
+"""What the data scripts, train.py and sample.py share: the settings loader, the token-file
+format and its metadata, the text codecs, device and precision choice, and checkpoint I/O."""
+
+import ast
+import difflib
+import json
+import os
+import runpy
+import shutil
+import sys
+import tempfile
+import types
+import typing
+import urllib.request
+from contextlib import nullcontext
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class UserError(Exception):
+    """A mistake the user can fix: reported as one line, with exit status 2."""
+
+
+def run_cli(main, argv):
+    """Run main(argv); a UserError becomes one line on stderr and exit status 2."""
+    try:
+        return main(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+# ----------------------------------------------------------------------------- settings
+
+def load_settings(cls, argv):
+    """Build the dataclass cls from its defaults, then config files (in order), then the
+    command line: `file.py`, `--key=value` or `--key value` (a bare `--flag` sets a bool)."""
+    files, overrides = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            files.append(arg)
+        elif "=" in arg:
+            overrides.append((arg[2:].partition("=")[0], arg[2:].partition("=")[2], arg))
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            overrides.append((arg[2:], argv[i + 1], f"{arg} {argv[i + 1]}"))
+            i += 1
+        else:
+            overrides.append((arg[2:], "True", arg))
+        i += 1
+    types_ = typing.get_type_hints(cls)
+    values = {}
+    for path in files:
+        for key, value in _run_config_file(path).items():
+            values[key] = _check(cls, types_, key, value, path)
+    for key, raw, source in overrides:
+        values[key] = _check(cls, types_, key, _parse(raw, types_.get(key)), f"from {source}")
+    try:
+        return cls(**values)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def _run_config_file(path):
+    if not os.path.isfile(path):
+        raise UserError(f"config file not found: {path}")
+    try:  # a fresh namespace per file: nothing leaks between files or into the program
+        namespace = runpy.run_path(path)
+    except SyntaxError as e:
+        raise UserError(f"{path}:{e.lineno}: syntax error: {e.msg}") from None
+    except Exception as e:
+        raise UserError(f"{path}: {type(e).__name__}: {e}") from None
+    return {k: v for k, v in namespace.items()
+            if not k.startswith("_") and not isinstance(v, types.ModuleType) and not callable(v)}
+
+
+def _parse(raw, annotation):
+    allowed = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Union else (annotation,)
+    if str in allowed:  # a string setting takes the text as written ('3' stays '3'), or None
+        return None if raw == "None" and type(None) in allowed else raw
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
+
+
+def _check(cls, types_, key, value, source):
+    """Return value if it suits setting `key` of cls, else raise a UserError naming source."""
+    if key not in types_:
+        close = difflib.get_close_matches(key, [f.name for f in fields(cls)], n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        where = source if source.startswith("from") else f"({source})"
+        raise UserError(f"unknown setting '{key}' {where}{hint}")
+    expected = types_[key]
+    allowed = typing.get_args(expected) if typing.get_origin(expected) is typing.Union else (expected,)
+    if value is None and type(None) in allowed:
+        return value
+    for kind in allowed:
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+            return value
+    names = " or ".join("None" if k is type(None) else k.__name__ for k in allowed)
+    where = source if source.startswith("from") else f"(in {source})"
+    raise UserError(f"{key}: expected {names}, got {value!r} {where}")
+
+
+# ----------------------------------------------------------------------------- data files
+
+# A token file is a 1024-byte header of int64s (magic, version, token count, bytes per
+# token) followed by the tokens as little-endian uint16.
+TOKENS_MAGIC, TOKENS_VERSION, HEADER_INTS = 20261123, 1, 128
+
+
+def write_tokens(path, tokens):
+    """Write a 1-D array of token ids (each < 65536) to path, atomically."""
+    tokens = np.asarray(tokens)
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**16):
+        raise ValueError("token ids must be in [0, 65535] to be stored as uint16")
+    header = np.zeros(HEADER_INTS, dtype="<i8")
+    header[:4] = [TOKENS_MAGIC, TOKENS_VERSION, tokens.size, 2]
+    with atomic_write(path) as f:
+        f.write(header.tobytes())
+        f.write(tokens.astype("<u2").tobytes())
+
+
+def read_tokens(path):
+    """Memory-map a token file written by write_tokens, checking its header."""
+    hint = "; prepare the data again (python prepare/<dataset>.py)"
+    try:
+        header = np.fromfile(path, dtype="<i8", count=HEADER_INTS)
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}{hint}") from None
+    if header.size < HEADER_INTS or header[0] != TOKENS_MAGIC:
+        raise UserError(f"{path} is not a token file of this project{hint}")
+    if header[1] != TOKENS_VERSION or header[3] != 2:
+        raise UserError(f"{path} has token-file version {header[1]}, expected {TOKENS_VERSION}{hint}")
+    count = int(header[2])
+    if os.path.getsize(path) != HEADER_INTS * 8 + 2 * count:
+        raise UserError(f"{path} is truncated: its header promises {count:,} tokens{hint}")
+    if count == 0:
+        return np.zeros(0, dtype=np.uint16)
+    return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_INTS * 8, shape=(count,))
+
+
+def write_meta(data_dir, meta):
+    with atomic_write(Path(data_dir) / "meta.json", "w") as f:
+        json.dump(meta, f, indent=1)
+
+
+def read_meta(data_dir):
+    path = Path(data_dir) / "meta.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path} ({e}); prepare the data again") from None
+
+
+def find_or_download(data_dir, filename, url, input_path=None):
+    """The path of a source text: --input if given, else data_dir/filename, downloaded there
+    from url if missing. Says exactly what to do when none of these works."""
+    if input_path:
+        if not os.path.isfile(input_path):
+            raise UserError(f"input file not found: {input_path}")
+        return Path(input_path)
+    path = Path(data_dir) / filename
+    if path.is_file():
+        return path
+    print(f"downloading {url} -> {path}")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            text = response.read()
+    except OSError as e:
+        raise UserError(
+            f"could not download {url} ({getattr(e, 'reason', e)}); "
+            f"put the file at {path} or pass --input PATH to the prepare script") from None
+    with atomic_write(path) as f:
+        f.write(text)
+    return path
+
+
+# ----------------------------------------------------------------------------- codecs
+
+class CharCodec:
+    """One token per character, in the vocabulary made from the training text."""
+
+    def __init__(self, chars):
+        self.chars = chars
+        self.index = {ch: i for i, ch in enumerate(chars)}
+        self.vocab_size = len(chars)
+        self.eot_token = None
+
+    def encode(self, text):
+        unknown = sorted(set(text) - self.index.keys())
+        if unknown:
+            raise UserError(f"text has characters outside the model's vocabulary: "
+                            f"{''.join(unknown)!r}; use only characters from its training text")
+        return [self.index[ch] for ch in text]
+
+    def decode(self, ids):
+        return "".join(self.chars[i] for i in ids)
+
+
+class TiktokenCodec:
+    """GPT-2's byte-pair encoding (or another tiktoken encoding)."""
+
+    def __init__(self, encoding="gpt2"):
+        import tiktoken
+
+        try:
+            self.encoding = tiktoken.get_encoding(encoding)
+        except Exception as e:
+            raise UserError(f"cannot load the {encoding!r} BPE files ({e}); with no internet, set "
+                            f"TIKTOKEN_CACHE_DIR to a folder holding tiktoken's cached files") from None
+        self.vocab_size = self.encoding.n_vocab
+        self.eot_token = self.encoding.eot_token
+
+    def encode(self, text):
+        return self.encoding.encode(text, allowed_special={"<|endoftext|>"})
+
+    def decode(self, ids):
+        return self.encoding.decode(list(ids))
+
+
+def codec_from_meta(meta):
+    if meta.get("codec") == "char":
+        return CharCodec(meta["chars"])
+    if meta.get("codec") == "tiktoken":
+        return TiktokenCodec(meta["encoding"])
+    raise UserError(f"unknown codec in data metadata: {meta.get('codec')!r}")
+
+
+# ----------------------------------------------------------------------------- device and precision
+
+def resolve_device(device):
+    """'auto' picks cuda, then mps, then cpu; an explicit device must exist."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    kind = device.split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={device} but CUDA is not available here; use --device=cpu (or auto)")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device={device} but MPS is not available here; use --device=cpu (or auto)")
+    if kind not in ("cuda", "mps", "cpu"):
+        raise UserError(f"device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+    return device
+
+
+def resolve_dtype(dtype, device):
+    """'auto': bfloat16 where the hardware computes it natively (recent GPUs, CPUs with
+    AVX512-BF16 or AMX), float16 on older GPUs (with a GradScaler), else float32."""
+    if dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise UserError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+    if dtype != "auto":
+        return dtype
+    kind = device.split(":")[0]
+    if kind == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    if kind == "cpu" and torch.cpu._is_avx512_bf16_supported():
+        return "bfloat16"
+    return "float32"
+
+
+def autocast_context(device, dtype):
+    """The one place mixed precision is switched on: weights stay float32, matmuls run in dtype."""
+    if dtype == "float32":
+        return nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, dtype))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+class atomic_write:
+    """Open a temporary file beside path; on success flush, fsync and rename it over path, so
+    a crash at any moment leaves the old file or the new one, whole."""
+
+    def __init__(self, path, mode="wb"):
+        self.path, self.mode = Path(path), mode
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.tmp, 0o666 & ~umask)  # the mode a plain open() would give, not mkstemp's 0600
+        self.file = os.fdopen(fd, self.mode)
+        return self.file
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                self.file.flush()
+                os.fsync(self.file.fileno())
+            self.file.close()
+            if exc_type is None:
+                os.replace(self.tmp, self.path)
+                dir_fd = os.open(self.path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+        finally:
+            if os.path.exists(self.tmp):
+                os.unlink(self.tmp)
+        return False
+
+
+def save_checkpoint(path, state, copies=()):
+    """Write state to path, then give each path in copies the same bytes (a hard link where the
+    file system allows, else a copy); every file is replaced atomically."""
+    with atomic_write(path) as f:
+        torch.save(state, f)
+    for copy in copies:
+        tmp = Path(copy).with_name(f".{Path(copy).name}.link.tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(path, tmp)
+            os.replace(tmp, copy)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            with open(path, "rb") as source, atomic_write(copy) as f:
+                shutil.copyfileobj(source, f)
+
+
+CHECKPOINT_KEYS = ("model", "model_config", "train_config", "iter_num", "best_val_loss", "meta")  # what sample.py needs
+
+
+def load_checkpoint(path, device="cpu"):
+    """Read a checkpoint written by train.py (tensors and plain values only: no pickled code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}; train one first (python train.py CONFIG) or set out_dir")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is not a readable checkpoint ({reason[:120]}); "
+                        f"it may be truncated or corrupt: train again or use another out_dir") from None
+    if not isinstance(state, dict) or not all(k in state for k in CHECKPOINT_KEYS):
+        raise UserError(f"{path} is not a checkpoint of this project (keys missing); use one written by train.py")
+    return state

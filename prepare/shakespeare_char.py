@@ -1,0 +1,52 @@
+"""Tiny Shakespeare at the character level: every distinct character is a token.
+
+    python prepare/shakespeare_char.py                 # data/shakespeare_char/input.txt, downloaded if missing
+    python prepare/shakespeare_char.py --input PATH    # any text file of your own
+
+Writes train.bin and val.bin (90/10 split) and meta.json (the vocabulary) beside it.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from prepare.common import CharCodec, UserError, find_or_download, run_cli, write_meta, write_tokens
+
+URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+
+
+def prepare(out_dir="data/shakespeare_char", input_path=None, val_fraction=0.1):
+    out_dir = Path(out_dir)
+    source = find_or_download(out_dir, "input.txt", URL, input_path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{source} is not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8") from None
+    if not text:
+        raise UserError(f"{source} is empty; give it some text")
+    codec = CharCodec("".join(sorted(set(text))))
+    if codec.vocab_size > 2**16:
+        raise UserError(f"{source} has {codec.vocab_size:,} distinct characters; at most 65,536 fit a token file")
+    ids = np.array(codec.encode(text), dtype=np.uint16)
+    split = int(len(ids) * (1 - val_fraction))
+    write_tokens(out_dir / "train.bin", ids[:split])
+    write_tokens(out_dir / "val.bin", ids[split:])
+    write_meta(out_dir, {"codec": "char", "vocab_size": codec.vocab_size, "chars": codec.chars})
+    print(f"{source}: {len(text):,} characters, vocabulary of {codec.vocab_size}; "
+          f"train {split:,} tokens, val {len(ids) - split:,} tokens -> {out_dir}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", help="a text file to use instead of tiny Shakespeare")
+    parser.add_argument("--out_dir", default="data/shakespeare_char", help="where to write the token files")
+    args = parser.parse_args(argv)
+    prepare(args.out_dir, args.input)
+
+
+if __name__ == "__main__":
+    run_cli(main, sys.argv[1:])

@@ -1,0 +1,196 @@
+"""Sample text from a trained GPT.
+
+    python sample.py --temperature 0.8                       # from out-shakespeare-char/
+    python sample.py --out_dir=out --start "FILE:prompt.txt" --num_samples 3 --top_p 0.9
+    python sample.py --show_probs 5 --max_new_tokens 40     # the candidates behind each token
+
+Settings: the defaults below, then config files, then --key=value (or --key value).
+"""
+
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from model import GPT, GPTConfig, check_sampling
+from prepare.common import (UserError, autocast_context, codec_from_meta, load_checkpoint, load_settings,
+                            resolve_device, resolve_dtype, run_cli)
+
+
+@dataclass
+class SampleConfig:
+    out_dir: str = "out-shakespeare-char"  # the folder train.py wrote
+    checkpoint: Optional[str] = None  # a checkpoint file; default: out_dir/best.pt, else out_dir/ckpt.pt
+    start: str = "\n"  # the prompt: text, or FILE:path to read it from a file
+    num_samples: int = 1  # drawn together in one batch; sample i uses seed + i
+    max_new_tokens: int = 500
+    temperature: float = 0.8  # < 1 sharper, > 1 more random, 0 greedy
+    top_k: Optional[int] = None  # keep only the k most likely tokens
+    top_p: Optional[float] = None  # keep the most likely tokens whose probabilities sum to p
+    stop: Optional[str] = None  # end a sample where this text appears (BPE models also end at <|endoftext|>)
+    show_probs: int = 0  # print the K most likely candidates for each new token, the drawn one marked
+    probs_file: Optional[str] = None  # write each token's candidates (show_probs of them, or 10) as JSON lines
+    use_cache: bool = True  # reuse keys and values across steps (False: recompute the window each step)
+    seed: int = 1337
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def __post_init__(self):
+        # A shell passes "\n" as a backslash and an n: read \n, \t and \\ as escapes in prompt and stop.
+        self.start = unescape(self.start) if not self.start.startswith("FILE:") else self.start
+        self.stop = unescape(self.stop) if self.stop else self.stop
+        check_sampling(self.temperature, self.top_k, self.top_p)
+        if self.num_samples < 1 or self.max_new_tokens < 0 or self.show_probs < 0:
+            raise ValueError("num_samples must be >= 1, max_new_tokens and show_probs >= 0")
+        if self.stop == "":
+            raise ValueError("stop must be a non-empty string (or unset)")
+
+
+def unescape(text):
+    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
+
+
+def load_model(path, device):
+    """A GPT and its codec from a checkpoint written by train.py."""
+    state = load_checkpoint(path, device)
+    try:
+        model = GPT(GPTConfig(**state["model_config"]))
+        model.load_state_dict(state["model"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"{path} does not hold a model this code can build ({str(e).splitlines()[0][:120]})") from None
+    return model.to(device).eval(), codec_from_meta(state["meta"])
+
+
+def read_prompt(start, codec):
+    if start.startswith("FILE:"):
+        try:
+            start = Path(start[5:]).read_text(encoding="utf-8")
+        except OSError as e:
+            raise UserError(f"cannot read the prompt file {start[5:]}: {e.strerror}") from None
+    ids = codec.encode(start)
+    if not ids:
+        raise UserError("the prompt is empty; give --start some text")
+    return ids
+
+
+class Sample:
+    """One sample's text as it grows, cut at the stop string or the end-of-text token."""
+
+    def __init__(self, codec, stop):
+        self.codec, self.stop = codec, stop
+        self.ids, self.done, self.shown = [], False, 0
+
+    def add(self, token):
+        if self.done:
+            return
+        if token == self.codec.eot_token:
+            self.done = True
+            return
+        self.ids.append(token)
+        if self.stop and self.stop in self.text(cut=False):
+            self.done = True
+
+    def text(self, cut=True):
+        text = self.codec.decode(self.ids)
+        return text.split(self.stop)[0] if cut and self.stop else text
+
+    def unshown(self):
+        """New text safe to print now: held back are a partial UTF-8 character and any ending
+        that could still grow into the stop string."""
+        text = self.text()
+        end = len(text)
+        if not self.done:
+            if text.endswith("\ufffd"):
+                end -= 1
+            if self.stop:
+                end = min(end, max(self.shown, end - max(
+                    (n for n in range(1, len(self.stop)) if text[:end].endswith(self.stop[:n])), default=0)))
+        new, self.shown = text[self.shown:end], max(self.shown, end)
+        return new
+
+
+def candidates(probs, token, count, codec):
+    """The count most likely tokens of probs (V,) as dicts, and the drawn token's own."""
+    top = torch.topk(probs, min(count, probs.size(0)))
+    rows = [{"token": int(i), "text": codec.decode([int(i)]), "prob": float(p)} for p, i in zip(*top)]
+    drawn = {"token": token, "text": codec.decode([token]), "prob": float(probs[token])}
+    return rows, drawn
+
+
+def format_candidates(step, rows, drawn):
+    cells = [f"{'*' if r['token'] == drawn['token'] else ' '}{r['text']!r:>8} {r['prob']:.3f}" for r in rows]
+    if all(r["token"] != drawn["token"] for r in rows):
+        cells.append(f"| drawn {drawn['text']!r} {drawn['prob']:.3f}")
+    return f"{step:5d} {drawn['text']!r:>8}  " + "  ".join(cells)
+
+
+def sample(config, out=None):
+    out = out or sys.stdout
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    out_dir = Path(config.out_dir)
+    path = Path(config.checkpoint) if config.checkpoint else \
+        out_dir / "best.pt" if (out_dir / "best.pt").is_file() else out_dir / "ckpt.pt"
+    model, codec = load_model(path, device)
+    prompt = read_prompt(config.start, codec)
+    idx = torch.tensor([prompt] * config.num_samples, dtype=torch.long, device=device)
+    generators = [torch.Generator(device=device).manual_seed(config.seed + i) for i in range(config.num_samples)]
+    samples = [Sample(codec, config.stop) for _ in range(config.num_samples)]
+    stream = config.num_samples == 1 and not config.show_probs  # print text as it comes
+    count = config.show_probs or 10
+    probs_file = open(config.probs_file, "w") if config.probs_file else None
+    table = [[] for _ in samples]
+    if stream:
+        out.write(codec.decode(prompt))
+    if config.show_probs:
+        print(f" step    drawn  the {count} most likely next tokens, with their probabilities after "
+              f"temperature (* = drawn)", file=out)
+    steps = model.generate_stream(idx, config.max_new_tokens, config.temperature, config.top_k, config.top_p,
+                                  generators, config.use_cache)
+    with autocast_context(device, dtype):
+        for step, (tokens, probs) in enumerate(steps):
+            for i, (s, token) in enumerate(zip(samples, tokens.tolist())):
+                if s.done:
+                    continue
+                s.add(token)
+                if config.show_probs or probs_file:
+                    rows, drawn = candidates(probs[i], token, count, codec)
+                    if config.show_probs:
+                        table[i].append(format_candidates(step, rows, drawn))
+                        if config.num_samples == 1:
+                            print(table[i][-1], file=out, flush=True)
+                    if probs_file:
+                        probs_file.write(json.dumps({"sample": i, "step": step, **drawn, "candidates": rows}) + "\n")
+            if stream:
+                out.write(samples[0].unshown())
+                out.flush()
+            if all(s.done for s in samples):
+                break
+    if probs_file:
+        probs_file.close()
+    for i, s in enumerate(samples):
+        s.done = True  # generation is over: nothing held back can still become the stop string
+        if stream:
+            out.write(s.unshown() + "\n")
+        else:
+            if config.show_probs and config.num_samples > 1:
+                out.write("\n".join(table[i]) + "\n")
+            out.write(codec.decode(prompt) + s.text() + "\n")
+        out.write("---------------\n")
+    out.flush()
+    return [s.text() for s in samples]
+
+
+def main(argv=None):
+    def cli(args):
+        sample(load_settings(SampleConfig, args))
+        return 0
+    return run_cli(cli, sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

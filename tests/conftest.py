@@ -1,0 +1,46 @@
+"""Shared fixtures: a tiny model config and tiny token files made on the fly."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from model import GPTConfig  # noqa: E402
+from prepare import shakespeare_char  # noqa: E402
+
+# The models here are tiny: more threads only add overhead, and contend with each other on a busy machine.
+torch.set_num_threads(1)
+
+# A few thousand characters of text with a small vocabulary: enough for a model to learn from.
+TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
+        "All:\nSpeak, speak.\n\nFirst Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 40
+
+
+@pytest.fixture
+def tiny_config():
+    """2 layers, 2 heads, 32 wide, context 16."""
+    return GPTConfig(block_size=16, vocab_size=40, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True)
+
+
+@pytest.fixture
+def char_data(tmp_path):
+    """A prepared character-level data set: data_dir/tiny/{train,val}.bin and meta.json."""
+    text_file = tmp_path / "input.txt"
+    text_file.write_text(TEXT)
+    data_dir = tmp_path / "data"
+    shakespeare_char.prepare(data_dir / "tiny", input_path=str(text_file))
+    return data_dir
+
+
+@pytest.fixture
+def tiny_train_args(char_data, tmp_path):
+    """Command-line settings for a training run of a few seconds on the tiny data set."""
+    return [f"--data_dir={char_data}", "--dataset=tiny", f"--out_dir={tmp_path / 'out'}",
+            "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_size=4",
+            "--gradient_accumulation_steps=1", "--max_iters=20", "--eval_interval=10", "--eval_iters=2",
+            "--log_interval=5", "--warmup_iters=2", "--lr_decay_iters=20", "--learning_rate=1e-3",
+            "--device=cpu", "--dtype=float32", "--dropout=0.0"]

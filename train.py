@@ -1,0 +1,440 @@
+"""Train a GPT.
+
+    python train.py configs/shakespeare_cpu.py                 # a CPU: a small model in minutes
+    python train.py configs/shakespeare.py                     # a GPU: the 10.65M-parameter model
+    python train.py configs/shakespeare.py --batch_size=32 --max_iters=2000
+
+Settings: the defaults below, then each config file in order, then --key=value.
+"""
+
+import importlib
+import importlib.util
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from model import GPT, GPTConfig
+from prepare.common import (UserError, atomic_write, autocast_context, load_checkpoint, load_settings,
+                            read_meta, read_tokens, resolve_device, resolve_dtype, run_cli, save_checkpoint)
+
+
+@dataclass
+class TrainConfig:
+    # output and evaluation
+    out_dir: str = "out"  # checkpoints (ckpt.pt latest, best.pt best by val loss) and metrics.jsonl
+    eval_interval: int = 2000  # estimate train and val loss every this many iterations (and at the end)
+    log_interval: int = 1  # print a line every this many iterations
+    eval_iters: int = 200  # batches per loss estimate
+    eval_only: bool = False  # evaluate once and exit
+    always_save_checkpoint: bool = True  # write ckpt.pt at every evaluation, not only when val improves
+    init_from: str = "scratch"  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+    seed: int = 1337  # fixes the initial weights, the batches and dropout
+    # logging to Weights & Biases
+    wandb_log: bool = False
+    wandb_project: str = "owt"
+    wandb_run_name: str = "gpt2"
+    # data: data_dir/dataset/{train,val}.bin and meta.json, made by prepare/<dataset>.py
+    dataset: str = "openwebtext"
+    data_dir: str = "data"
+    gradient_accumulation_steps: int = 40  # micro-batches per optimizer step
+    batch_size: int = 12  # sequences per micro-batch
+    block_size: int = 1024  # context length in tokens
+    # model (see GPTConfig in model.py)
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = False  # biases in Linear and LayerNorm layers (GPT-2 had them; slightly faster without)
+    pos_encoding: str = "learned"  # 'learned' or 'sinusoidal'
+    activation: str = "gelu"  # 'gelu' or 'relu'
+    vocab_size: Optional[int] = None  # None: the data's vocabulary (BPE padded up to a multiple of 64)
+    # AdamW
+    learning_rate: float = 6e-4  # peak learning rate
+    max_iters: int = 600000  # optimizer steps in the whole run
+    weight_decay: float = 1e-1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # clip the gradient norm to this; 0 turns clipping off
+    # learning-rate schedule: linear warmup, then cosine decay to min_lr
+    decay_lr: bool = True
+    warmup_iters: int = 2000
+    lr_decay_iters: int = 600000  # ~ max_iters, per Chinchilla
+    min_lr: float = 6e-5  # ~ learning_rate / 10, per Chinchilla
+    # system
+    backend: str = "nccl"  # torch.distributed backend for multi-process runs
+    device: str = "auto"  # auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps
+    dtype: str = "auto"  # auto, float32, bfloat16, float16 (float16 uses a GradScaler)
+    compile: bool = False  # torch.compile the model (faster steps after a slow first one)
+    nonfinite_loss: str = "stop"  # on a nan/inf loss: 'stop' (keeping the last checkpoint) or 'skip' the step
+
+    def __post_init__(self):
+        for name in ("batch_size", "block_size", "gradient_accumulation_steps", "eval_interval",
+                     "log_interval", "eval_iters"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_iters < 0:
+            raise ValueError(f"max_iters must be >= 0, got {self.max_iters}")
+        if self.nonfinite_loss not in ("stop", "skip"):
+            raise ValueError(f"nonfinite_loss must be 'stop' or 'skip', got {self.nonfinite_loss!r}")
+        if self.init_from not in ("scratch", "resume"):
+            raise ValueError(f"init_from must be 'scratch' or 'resume', got {self.init_from!r}")
+        if self.decay_lr and self.lr_decay_iters <= self.warmup_iters:
+            raise ValueError(f"lr_decay_iters ({self.lr_decay_iters}) must be greater than "
+                             f"warmup_iters ({self.warmup_iters})")
+
+    def model_config(self, vocab_size):
+        return GPTConfig(block_size=self.block_size, vocab_size=vocab_size, n_layer=self.n_layer,
+                         n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout, bias=self.bias,
+                         pos_encoding=self.pos_encoding, activation=self.activation)
+
+
+class BatchSampler:
+    """Random contiguous windows of the token files: x is block_size tokens, y the same shifted
+    by one. The only source of batches: which ones a run sees depends only on the seed and on
+    how many it has drawn, which state_dict() captures for an exact resume."""
+
+    def __init__(self, data_dir, block_size, batch_size, seed):
+        self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
+        self.data = {split: read_tokens(Path(data_dir) / f"{split}.bin") for split in ("train", "val")}
+        for split, tokens in self.data.items():
+            if len(tokens) <= block_size:
+                raise UserError(f"{data_dir}/{split}.bin has {len(tokens):,} tokens, but block_size={block_size} "
+                                f"needs more than that; use more text or a smaller block_size")
+        self.rng = np.random.default_rng(seed)
+
+    def batch(self, split, rng=None):
+        """(x, y), each (batch_size, block_size) int64 on the CPU."""
+        tokens = self.data[split]
+        offsets = (rng or self.rng).integers(0, len(tokens) - self.block_size, size=self.batch_size)
+        windows = np.stack([tokens[o : o + self.block_size + 1] for o in offsets]).astype(np.int64)
+        windows = torch.from_numpy(windows)
+        return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+
+    def eval_batches(self, split, count):
+        """The same `count` batches at every evaluation, so val losses compare like with like."""
+        rng = np.random.default_rng([self.seed, 1])
+        return [self.batch(split, rng) for _ in range(count)]
+
+    def state_dict(self):
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state):
+        self.rng.bit_generator.state = state["rng"]
+
+
+def ensure_data(config):
+    """The data folder, prepared by prepare/<dataset>.py first if its files are missing."""
+    data_dir = Path(config.data_dir) / config.dataset
+    if all((data_dir / name).is_file() for name in ("train.bin", "val.bin", "meta.json")):
+        return data_dir
+    script = config.dataset.isidentifier() and config.dataset != "common" and \
+        importlib.util.find_spec(f"prepare.{config.dataset}")
+    if not script:
+        raise UserError(f"no prepared data in {data_dir} (train.bin, val.bin, meta.json) and no "
+                        f"prepare/{config.dataset}.py to make it; for your own text run "
+                        f"python prepare/shakespeare_char.py --input YOUR.txt --out_dir {data_dir}")
+    print(f"{data_dir} has no prepared data: running prepare/{config.dataset}.py")
+    importlib.import_module(f"prepare.{config.dataset}").prepare(data_dir)
+    return data_dir
+
+
+def get_lr(config, it):
+    """Linear warmup for warmup_iters, cosine decay to min_lr at lr_decay_iters, then min_lr."""
+    if not config.decay_lr:
+        return config.learning_rate
+    if it < config.warmup_iters:
+        return config.learning_rate * (it + 1) / (config.warmup_iters + 1)
+    if it > config.lr_decay_iters:
+        return config.min_lr
+    progress = (it - config.warmup_iters) / (config.lr_decay_iters - config.warmup_iters)
+    return config.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.learning_rate - config.min_lr)
+
+
+def rng_states():
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()  # plain ints load without pickle
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all(),
+            "numpy": numpy_state, "python": random.getstate()}
+
+
+def set_rng_states(states):
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    numpy_state = states["numpy"]
+    numpy_state["state"]["key"] = np.array(numpy_state["state"]["key"], dtype=np.uint32)
+    np.random.set_state(numpy_state)
+    random.setstate(states["python"])
+
+
+def checkpoint_state(run):
+    """Everything the rest of a run depends on: the one definition of a checkpoint's contents."""
+    return {
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "sampler": run.sampler.state_dict(),
+        "rng": rng_states(),
+        "model_config": asdict(run.model.config),
+        "train_config": asdict(run.config),
+        "meta": run.meta,
+        "iter_num": run.iter_num,
+        "best_val_loss": run.best_val_loss,
+        "last_eval_iter": run.last_eval_iter,
+        "metrics_lines": run.metrics.lines,  # metrics.jsonl as of this checkpoint, for a resume to continue
+    }
+
+
+MODEL_KEYS = [f.name for f in fields(GPTConfig)]
+
+
+class Run:
+    """The state of one training run; train() drives it."""
+
+    def __init__(self, config):
+        self.config = config
+        self.out_dir = Path(config.out_dir)
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.device_type = self.device.split(":")[0]
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        np.random.seed(config.seed)
+
+        data_dir = ensure_data(config)
+        self.meta = read_meta(data_dir)
+        self.sampler = BatchSampler(data_dir, config.block_size, config.batch_size, config.seed)
+        vocab_size = config.vocab_size or self.meta["vocab_size"]
+        if config.vocab_size is None and self.meta["codec"] != "char":
+            vocab_size = -(-vocab_size // 64) * 64  # a multiple of 64 runs faster; the extra rows go unused
+        if vocab_size < self.meta["vocab_size"]:
+            raise UserError(f"vocab_size={vocab_size} is smaller than the data's vocabulary "
+                            f"({self.meta['vocab_size']}); raise it or leave it unset")
+        self.model = GPT(config.model_config(vocab_size)).to(self.device)
+        self.optimizer = self.model.configure_optimizers(
+            config.weight_decay, config.learning_rate, (config.beta1, config.beta2), self.device_type)
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype == "float16")
+        self.iter_num, self.best_val_loss, self.last_eval_iter, metrics_lines = 0, float("inf"), -1, 0
+        if config.init_from == "resume":
+            metrics_lines = self.resume()
+        self.step_model = torch.compile(self.model) if config.compile else self.model
+        self.autocast = autocast_context(self.device, self.dtype)
+        # Only now, with every setting checked, touch what is on disk.
+        self.metrics = Metrics(self.out_dir / "metrics.jsonl", metrics_lines)
+
+    def resume(self):
+        path = self.out_dir / "ckpt.pt"
+        if not path.is_file():
+            raise UserError(f"init_from=resume but there is no checkpoint at {path}; "
+                            f"start with --init_from=scratch or set out_dir to the run to resume")
+        state = load_checkpoint(path, self.device)
+        saved, wanted = state["model_config"], asdict(self.model.config)
+        differ = [f"{k}={saved.get(k)!r} (settings: {wanted[k]!r})" for k in MODEL_KEYS if saved.get(k) != wanted[k]]
+        if differ:
+            raise UserError(f"{path} holds a different model: {', '.join(differ)}; "
+                            f"resume with the settings it was trained with")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.sampler.load_state_dict(state["sampler"])
+        set_rng_states(state["rng"])
+        self.iter_num, self.best_val_loss = state["iter_num"], state["best_val_loss"]
+        self.last_eval_iter = state["last_eval_iter"]
+        print(f"resuming from {path} at iteration {self.iter_num}")
+        return state["metrics_lines"]
+
+    def to_device(self, x, y):
+        if self.device_type == "cuda":
+            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device), y.to(self.device)
+
+    @torch.no_grad()
+    def estimate_loss(self):
+        self.model.eval()
+        losses = {}
+        for split in ("train", "val"):
+            total = 0.0
+            for x, y in self.sampler.eval_batches(split, self.config.eval_iters):
+                with self.autocast:
+                    _, loss = self.step_model(*self.to_device(x, y))
+                total += loss.item()
+            losses[split] = total / self.config.eval_iters
+        self.model.train()
+        self.last_eval_iter = self.iter_num
+        return losses
+
+    def step(self):
+        """One optimizer step over gradient_accumulation_steps micro-batches. Returns the mean
+        loss and the learning rate; a non-finite loss (or gradient) leaves the weights as they were."""
+        lr = get_lr(self.config, self.iter_num)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        steps = self.config.gradient_accumulation_steps
+        total = torch.zeros((), device=self.device)
+        for _ in range(steps):
+            x, y = self.to_device(*self.sampler.batch("train"))
+            with self.autocast:
+                _, loss = self.step_model(x, y)
+            total += loss.detach()
+            self.scaler.scale(loss / steps).backward()
+        finite = True
+        if self.config.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            finite = self.scaler.is_enabled() or bool(torch.isfinite(norm))  # float16: the scaler's job
+        loss = total.item() / steps
+        if finite and math.isfinite(loss):
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, lr
+
+    def save(self, best=False):
+        """ckpt.pt (the latest state) and, if best, best.pt; on failure the old files stay whole."""
+        try:
+            save_checkpoint(self.out_dir / "ckpt.pt", checkpoint_state(self),
+                            copies=[self.out_dir / "best.pt"] if best else [])
+        except OSError as e:
+            raise UserError(f"could not save a checkpoint in {self.out_dir}: {e.strerror}; the previous one is "
+                            f"untouched: free space (or choose another out_dir) and resume with --init_from=resume") from None
+
+
+class Metrics:
+    """metrics.jsonl, one JSON object per line, and Weights & Biases if wandb_log is set."""
+
+    def __init__(self, path, keep_lines):
+        # A new run starts the file afresh; a resumed one keeps the lines its checkpoint had seen.
+        lines = path.read_text().splitlines(keepends=True)[:keep_lines] if keep_lines and path.is_file() else []
+        with atomic_write(path, "w") as f:
+            f.writelines(lines)
+        self.file = open(path, "a")
+        self.lines = len(lines)
+        self.wandb = None
+
+    def start_wandb(self, config):
+        import wandb
+
+        self.wandb = wandb
+        wandb.init(project=config.wandb_project, name=config.wandb_run_name, config=asdict(config))
+
+    def record(self, entry):
+        self.file.write(json.dumps(entry) + "\n")
+        self.file.flush()
+        self.lines += 1
+        if self.wandb:
+            self.wandb.log(entry, step=entry["iter"])
+
+
+class StopRequest:
+    """The first SIGINT or SIGTERM (Ctrl-C, a cluster's pre-emption) asks the run to stop after
+    the current step, with a checkpoint; a second one interrupts at once."""
+
+    def __init__(self):
+        self.signal = None
+
+    def __enter__(self):
+        self.previous = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self.handle)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+        return self
+
+    def handle(self, signum, frame):
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
+              f"(send it again to stop at once)", flush=True)
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def train(config):
+    out_dir = Path(config.out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create out_dir {out_dir}: {e.strerror}; choose another out_dir") from None
+    if not os.access(out_dir, os.W_OK):
+        raise UserError(f"cannot write to out_dir {out_dir}; choose another out_dir")
+    run = Run(config)
+    for unfinished in out_dir.glob(".*.pt.*tmp"):  # left by a save that was killed part-way
+        unfinished.unlink()
+    with run.metrics.file, StopRequest() as stop:
+        return train_loop(run, stop)
+
+
+def train_loop(run, stop):
+    config, metrics = run.config, run.metrics
+    tokens_per_step = config.gradient_accumulation_steps * config.batch_size * config.block_size
+    print(f"model: {run.model.num_params() / 1e6:.2f}M parameters, {config.n_layer} layers, "
+          f"{config.n_head} heads, {config.n_embd} wide, context {config.block_size}")
+    print(f"device {run.device}, dtype {run.dtype}; {tokens_per_step:,} tokens per step "
+          f"({config.gradient_accumulation_steps} x {config.batch_size} x {config.block_size})")
+    if config.wandb_log:
+        metrics.start_wandb(config)
+    step_seconds, steps_since_log = 0.0, 0
+    while True:
+        it = run.iter_num
+        if (it % config.eval_interval == 0 or it == config.max_iters) and run.last_eval_iter != it:
+            losses = run.estimate_loss()
+            improved = losses["val"] < run.best_val_loss
+            run.best_val_loss = min(run.best_val_loss, losses["val"])
+            metrics.record({"iter": it, "train_loss": losses["train"], "val_loss": losses["val"]})
+            saved = ""
+            if it > 0 and not config.eval_only and (improved or config.always_save_checkpoint):
+                run.save(best=improved)
+                saved = "; saved ckpt.pt and best.pt" if improved else "; saved ckpt.pt"
+            print(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{saved}")
+        if config.eval_only or it >= config.max_iters:
+            break
+        if stop.signal is not None:
+            run.save()
+            print(f"stopped at iteration {it}; saved {run.out_dir / 'ckpt.pt'}. "
+                  f"To continue, run the same command with --init_from=resume")
+            break
+        started = time.perf_counter()
+        loss, lr = run.step()
+        step_seconds += time.perf_counter() - started
+        steps_since_log += 1
+        if not math.isfinite(loss):
+            if config.nonfinite_loss == "stop":
+                raise UserError(f"loss is {loss} at iteration {it}; stopped without saving, so the last "
+                                f"checkpoint in {run.out_dir} is untouched; lower learning_rate, or set "
+                                f"nonfinite_loss='skip' to skip such steps")
+            print(f"iter {it}: loss is {loss}; step skipped (nonfinite_loss='skip')")
+        run.iter_num += 1
+        if run.iter_num % config.log_interval == 0 or run.iter_num == config.max_iters:
+            print(f"iter {run.iter_num}: loss {loss:.4f}, lr {lr:.2e}, "
+                  f"{1000 * step_seconds / steps_since_log:.1f} ms/iter, "
+                  f"{tokens_per_step * steps_since_log / step_seconds:,.0f} tok/s")
+            metrics.record({"iter": run.iter_num, "loss": loss, "lr": lr})
+            step_seconds, steps_since_log = 0.0, 0
+    print(f"best val loss {run.best_val_loss:.4f}; checkpoints in {run.out_dir}")
+    return run
+
+
+def main(argv=None):
+    def cli(args):
+        train(load_settings(TrainConfig, args))
+        return 0
+    return run_cli(cli, sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
