@@ -186,10 +186,7 @@ def sample(config, out=None):
 
 
 def main(argv=None):
-    def cli(args):
-        sample(load_settings(SampleConfig, args))
-        return 0
-    return run_cli(cli, sys.argv[1:] if argv is None else argv)
+    return run_cli(lambda args: sample(load_settings(SampleConfig, args)), argv)
 
 
 if __name__ == "__main__":

@@ -430,10 +430,7 @@ def train_loop(run, stop):
 
 
 def main(argv=None):
-    def cli(args):
-        train(load_settings(TrainConfig, args))
-        return 0
-    return run_cli(cli, sys.argv[1:] if argv is None else argv)
+    return run_cli(lambda args: train(load_settings(TrainConfig, args)), argv)
 
 
 if __name__ == "__main__":

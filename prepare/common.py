@@ -24,10 +24,12 @@ class UserError(Exception):
     """A mistake the user can fix: reported as one line, with exit status 2."""
 
 
-def run_cli(main, argv):
-    """Run main(argv); a UserError becomes one line on stderr and exit status 2."""
+def run_cli(main, argv=None):
+    """Run main(argv) (default: the command line) and return exit status 0; a UserError
+    becomes one line on stderr and exit status 2."""
     try:
-        return main(argv)
+        main(sys.argv[1:] if argv is None else argv)
+        return 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -160,7 +162,7 @@ def read_meta(data_dir):
         raise UserError(f"cannot read {path} ({e}); prepare the data again") from None
 
 
-def find_or_download(data_dir, filename, url, input_path=None):
+def find_or_download(data_dir, filename, url, input_path=None, script="the prepare script"):
     """The path of a source text: --input if given, else data_dir/filename, downloaded there
     from url if missing. Says exactly what to do when none of these works."""
     if input_path:
@@ -177,7 +179,7 @@ def find_or_download(data_dir, filename, url, input_path=None):
     except OSError as e:
         raise UserError(
             f"could not download {url} ({getattr(e, 'reason', e)}); "
-            f"put the file at {path} or pass --input PATH to the prepare script") from None
+            f"put the file at {path}, or run: python {script} --input PATH") from None
     with atomic_write(path) as f:
         f.write(text)
     return path
@@ -339,8 +341,8 @@ def load_checkpoint(path, device="cpu"):
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path} is not a readable checkpoint ({reason[:120]}); "
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0][:100]
+        raise UserError(f"{path} is not a readable checkpoint ({reason}); "
                         f"it may be truncated or corrupt: train again or use another out_dir") from None
     if not isinstance(state, dict) or not all(k in state for k in CHECKPOINT_KEYS):
         raise UserError(f"{path} is not a checkpoint of this project (keys missing); use one written by train.py")

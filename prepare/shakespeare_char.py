@@ -21,7 +21,8 @@ URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshake
 
 def prepare(out_dir="data/shakespeare_char", input_path=None, val_fraction=0.1):
     out_dir = Path(out_dir)
-    source = find_or_download(out_dir, "input.txt", URL, input_path)
+    source = find_or_download(out_dir, "input.txt", URL, input_path,
+                              script=f"prepare/shakespeare_char.py --out_dir {out_dir}")
     try:
         text = source.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -49,4 +50,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_cli(main, sys.argv[1:])
+    sys.exit(run_cli(main))
