@@ -373,8 +373,9 @@ def train(config):
     if not os.access(out_dir, os.W_OK):
         raise UserError(f"cannot write to out_dir {out_dir}; choose another out_dir")
     run = Run(config)
-    for unfinished in out_dir.glob(".*.pt.*tmp"):  # left by a save that was killed part-way
-        unfinished.unlink()
+    for name in ("ckpt.pt", "best.pt", "metrics.jsonl"):  # temp files left by a save killed part-way
+        for unfinished in out_dir.glob(f".{name}.*tmp"):
+            unfinished.unlink()
     with run.metrics.file, StopRequest() as stop:
         return train_loop(run, stop)
 
@@ -393,14 +394,21 @@ def train_loop(run, stop):
         it = run.iter_num
         if (it % config.eval_interval == 0 or it == config.max_iters) and run.last_eval_iter != it:
             losses = run.estimate_loss()
-            improved = losses["val"] < run.best_val_loss
-            run.best_val_loss = min(run.best_val_loss, losses["val"])
             metrics.record({"iter": it, "train_loss": losses["train"], "val_loss": losses["val"]})
-            saved = ""
-            if it > 0 and not config.eval_only and (improved or config.always_save_checkpoint):
-                run.save(best=improved)
-                saved = "; saved ckpt.pt and best.pt" if improved else "; saved ckpt.pt"
-            print(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{saved}")
+            report = f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+            if not all(map(math.isfinite, losses.values())):  # diverged: never save such weights
+                if config.nonfinite_loss == "stop":
+                    raise UserError(f"the loss is {losses['train']} (train), {losses['val']} (val) at iteration {it}; "
+                                    f"stopped without saving, so the last checkpoint in {run.out_dir} is untouched; "
+                                    f"lower learning_rate and resume with --init_from=resume")
+                print(f"{report}; not saved (nonfinite_loss='skip')")
+            else:
+                improved = losses["val"] < run.best_val_loss
+                run.best_val_loss = min(run.best_val_loss, losses["val"])
+                if it > 0 and not config.eval_only and (improved or config.always_save_checkpoint):
+                    run.save(best=improved)
+                    report += "; saved ckpt.pt and best.pt" if improved else "; saved ckpt.pt"
+                print(report)
         if config.eval_only or it >= config.max_iters:
             break
         if stop.signal is not None:
