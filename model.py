@@ -225,12 +225,13 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                        generators=None, use_cache=True):
-        """Yield (token (B,), probs (B, vocab_size)) for each new token after idx (B, T), where
-        probs is the distribution the token was drawn from (after temperature, top-k, top-p).
+                        generators=None, use_cache=True, vocab_limit=None):
+        """Yield (token (B,), logits (B, vocab_size)) for each new token after idx (B, T): the
+        token was drawn from sampling_probs(logits, temperature, top_k, top_p).
 
         generators: one torch.Generator per row, so row i draws the same tokens whether it is
         sampled alone or in a batch. With use_cache=False every step recomputes the whole window.
+        vocab_limit: draw only ids below it (the rows that pad a vocabulary are no tokens).
 
         Past block_size, the model reads the last block_size tokens, at positions 0..block_size-1.
         Sliding that window shifts every token's position, so no cached key or value stays valid:
@@ -252,23 +253,26 @@ class GPT(nn.Module):
                         cache.length = 0
                         unread = sequence[:, -block_size:]
                     logits, _ = self(unread, cache=cache, only_last=True)
-                probs = sampling_probs(logits[:, -1, :], temperature, top_k, top_p)
+                logits = logits[:, -1, :].float()
+                if vocab_limit is not None:
+                    logits[:, vocab_limit:] = float("-inf")
+                probs = sampling_probs(logits, temperature, top_k, top_p)
                 if generators is None:
                     token = torch.multinomial(probs, 1).squeeze(1)
                 else:
                     token = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])
                 sequence = torch.cat((sequence, token[:, None]), dim=1)
                 unread = token[:, None]
-                yield token, probs
+                yield token, logits
         finally:
             self.train(was_training)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                 generators=None, use_cache=True):
+                 generators=None, use_cache=True, vocab_limit=None):
         """idx (B, T) -> (B, T + max_new_tokens): the prompt followed by the sampled tokens."""
         new = [token for token, _ in self.generate_stream(
-            idx, max_new_tokens, temperature, top_k, top_p, generators, use_cache)]
+            idx, max_new_tokens, temperature, top_k, top_p, generators, use_cache, vocab_limit)]
         return torch.cat([idx] + [token[:, None] for token in new], dim=1)
 
 

@@ -10,6 +10,7 @@ Settings: the defaults below, then config files, then --key=value (or --key valu
 import json
 import re
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -113,6 +114,12 @@ class Sample:
         return new
 
 
+def display_probs(logits, temperature):
+    """What --show_probs shows: the probabilities after temperature, before any top-k or top-p
+    cut (for greedy decoding, at temperature 1: all its mass would be on one token)."""
+    return torch.softmax(logits / (temperature or 1.0), dim=-1)
+
+
 def candidates(probs, token, count, codec):
     """The count most likely tokens of probs (V,) as dicts, and the drawn token's own."""
     top = torch.topk(probs, min(count, probs.size(0)))
@@ -142,17 +149,23 @@ def sample(config, out=None):
     samples = [Sample(codec, config.stop) for _ in range(config.num_samples)]
     stream = config.num_samples == 1 and not config.show_probs  # print text as it comes
     count = config.show_probs or 10
-    probs_file = open(config.probs_file, "w") if config.probs_file else None
+    probs_file = None
+    if config.probs_file:
+        try:
+            probs_file = open(config.probs_file, "w")
+        except OSError as e:
+            raise UserError(f"cannot write probs_file {config.probs_file}: {e.strerror}") from None
     table = [[] for _ in samples]
     if stream:
         out.write(codec.decode(prompt))
     if config.show_probs:
         print(f" step    drawn  the {count} most likely next tokens, with their probabilities after "
-              f"temperature (* = drawn)", file=out)
+              f"temperature{' (greedy: at 1)' if config.temperature == 0 else ''}; * = drawn", file=out)
     steps = model.generate_stream(idx, config.max_new_tokens, config.temperature, config.top_k, config.top_p,
-                                  generators, config.use_cache)
-    with autocast_context(device, dtype):
-        for step, (tokens, probs) in enumerate(steps):
+                                  generators, config.use_cache, vocab_limit=codec.vocab_size)
+    with autocast_context(device, dtype), (probs_file or nullcontext()):
+        for step, (tokens, logits) in enumerate(steps):
+            probs = display_probs(logits, config.temperature) if config.show_probs or probs_file else None
             for i, (s, token) in enumerate(zip(samples, tokens.tolist())):
                 if s.done:
                     continue
@@ -170,8 +183,6 @@ def sample(config, out=None):
                 out.flush()
             if all(s.done for s in samples):
                 break
-    if probs_file:
-        probs_file.close()
     for i, s in enumerate(samples):
         s.done = True  # generation is over: nothing held back can still become the stop string
         if stream:

@@ -71,7 +71,7 @@ class TrainConfig:
     lr_decay_iters: int = 600000  # ~ max_iters, per Chinchilla
     min_lr: float = 6e-5  # ~ learning_rate / 10, per Chinchilla
     # system
-    backend: str = "nccl"  # torch.distributed backend for multi-process runs
+    backend: str = "nccl"  # torch.distributed backend; kept for nanoGPT configs (runs are one process)
     device: str = "auto"  # auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps
     dtype: str = "auto"  # auto, float32, bfloat16, float16 (float16 uses a GradScaler)
     compile: bool = False  # torch.compile the model (faster steps after a slow first one)
@@ -88,6 +88,7 @@ class TrainConfig:
             raise ValueError(f"nonfinite_loss must be 'stop' or 'skip', got {self.nonfinite_loss!r}")
         if self.init_from not in ("scratch", "resume"):
             raise ValueError(f"init_from must be 'scratch' or 'resume', got {self.init_from!r}")
+        self.model_config(vocab_size=1)  # raises on a bad model shape, with the other setting checks
         if self.decay_lr and self.lr_decay_iters <= self.warmup_iters:
             raise ValueError(f"lr_decay_iters ({self.lr_decay_iters}) must be greater than "
                              f"warmup_iters ({self.warmup_iters})")
@@ -168,9 +169,9 @@ def rng_states():
 
 
 def set_rng_states(states):
-    torch.set_rng_state(states["torch"])
+    torch.set_rng_state(states["torch"].cpu())  # a checkpoint loaded onto a GPU holds them there
     if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
     numpy_state = states["numpy"]
     numpy_state["state"]["key"] = np.array(numpy_state["state"]["key"], dtype=np.uint32)
     np.random.set_state(numpy_state)
@@ -227,10 +228,19 @@ class Run:
         self.iter_num, self.best_val_loss, self.last_eval_iter, metrics_lines = 0, float("inf"), -1, 0
         if config.init_from == "resume":
             metrics_lines = self.resume()
+        elif (self.out_dir / "ckpt.pt").exists() and not config.eval_only:
+            raise UserError(f"{self.out_dir} already holds a run (ckpt.pt); continue it with --init_from=resume, "
+                            f"or choose another out_dir (or delete that one) to start afresh")
         self.step_model = torch.compile(self.model) if config.compile else self.model
         self.autocast = autocast_context(self.device, self.dtype)
         # Only now, with every setting checked, touch what is on disk.
-        self.metrics = Metrics(self.out_dir / "metrics.jsonl", metrics_lines)
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create out_dir {self.out_dir}: {e.strerror}; choose another out_dir") from None
+        if not os.access(self.out_dir, os.W_OK):
+            raise UserError(f"cannot write to out_dir {self.out_dir}; choose another out_dir")
+        self.metrics = Metrics(None if config.eval_only else self.out_dir / "metrics.jsonl", metrics_lines)
 
     def resume(self):
         path = self.out_dir / "ckpt.pt"
@@ -243,9 +253,13 @@ class Run:
         if differ:
             raise UserError(f"{path} holds a different model: {', '.join(differ)}; "
                             f"resume with the settings it was trained with")
+        if state["meta"] != self.meta:
+            raise UserError(f"{path} was trained on other data (another vocabulary) than {self.config.dataset}; "
+                            f"resume with the data it was trained on, or start a new out_dir")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        if self.scaler.is_enabled() and state["scaler"]:  # float16 only; a float32 run saved none
+            self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(state["sampler"])
         set_rng_states(state["rng"])
         self.iter_num, self.best_val_loss = state["iter_num"], state["best_val_loss"]
@@ -287,11 +301,9 @@ class Run:
                 _, loss = self.step_model(x, y)
             total += loss.detach()
             self.scaler.scale(loss / steps).backward()
-        finite = True
-        if self.config.grad_clip:
-            self.scaler.unscale_(self.optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-            finite = self.scaler.is_enabled() or bool(torch.isfinite(norm))  # float16: the scaler's job
+        self.scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip or float("inf"))
+        finite = self.scaler.is_enabled() or bool(torch.isfinite(norm))  # float16: the scaler skips inf steps
         loss = total.item() / steps
         if finite and math.isfinite(loss):
             self.scaler.step(self.optimizer)
@@ -310,16 +322,19 @@ class Run:
 
 
 class Metrics:
-    """metrics.jsonl, one JSON object per line, and Weights & Biases if wandb_log is set."""
+    """metrics.jsonl, one JSON object per line (none when path is None), and Weights & Biases
+    if wandb_log is set."""
 
     def __init__(self, path, keep_lines):
+        self.file, self.lines, self.wandb = None, 0, None
+        if path is None:
+            return
         # A new run starts the file afresh; a resumed one keeps the lines its checkpoint had seen.
         lines = path.read_text().splitlines(keepends=True)[:keep_lines] if keep_lines and path.is_file() else []
         with atomic_write(path, "w") as f:
             f.writelines(lines)
         self.file = open(path, "a")
         self.lines = len(lines)
-        self.wandb = None
 
     def start_wandb(self, config):
         import wandb
@@ -328,11 +343,16 @@ class Metrics:
         wandb.init(project=config.wandb_project, name=config.wandb_run_name, config=asdict(config))
 
     def record(self, entry):
-        self.file.write(json.dumps(entry) + "\n")
-        self.file.flush()
-        self.lines += 1
+        if self.file:
+            self.file.write(json.dumps(entry) + "\n")
+            self.file.flush()
+            self.lines += 1
         if self.wandb:
             self.wandb.log(entry, step=entry["iter"])
+
+    def close(self):
+        if self.file:
+            self.file.close()
 
 
 class StopRequest:
@@ -365,19 +385,15 @@ class StopRequest:
 
 
 def train(config):
-    out_dir = Path(config.out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create out_dir {out_dir}: {e.strerror}; choose another out_dir") from None
-    if not os.access(out_dir, os.W_OK):
-        raise UserError(f"cannot write to out_dir {out_dir}; choose another out_dir")
     run = Run(config)
     for name in ("ckpt.pt", "best.pt", "metrics.jsonl"):  # temp files left by a save killed part-way
-        for unfinished in out_dir.glob(f".{name}.*tmp"):
+        for unfinished in run.out_dir.glob(f".{name}.*tmp"):
             unfinished.unlink()
-    with run.metrics.file, StopRequest() as stop:
-        return train_loop(run, stop)
+    try:
+        with StopRequest() as stop:
+            return train_loop(run, stop)
+    finally:
+        run.metrics.close()
 
 
 def train_loop(run, stop):
@@ -392,7 +408,7 @@ def train_loop(run, stop):
     step_seconds, steps_since_log = 0.0, 0
     while True:
         it = run.iter_num
-        if (it % config.eval_interval == 0 or it == config.max_iters) and run.last_eval_iter != it:
+        if config.eval_only or (it % config.eval_interval == 0 or it == config.max_iters) and run.last_eval_iter != it:
             losses = run.estimate_loss()
             metrics.record({"iter": it, "train_loss": losses["train"], "val_loss": losses["val"]})
             report = f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"

@@ -40,31 +40,38 @@ def run_cli(main, argv=None):
 def load_settings(cls, argv):
     """Build the dataclass cls from its defaults, then config files (in order), then the
     command line: `file.py`, `--key=value` or `--key value` (a bare `--flag` sets a bool)."""
+    types_ = typing.get_type_hints(cls)
     files, overrides = [], []
     i = 0
     while i < len(argv):
         arg = argv[i]
+        key, has_value, raw = arg[2:].partition("=")
         if not arg.startswith("--"):
             files.append(arg)
-        elif "=" in arg:
-            overrides.append((arg[2:].partition("=")[0], arg[2:].partition("=")[2], arg))
-        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-            overrides.append((arg[2:], argv[i + 1], f"{arg} {argv[i + 1]}"))
+        elif has_value:
+            overrides.append((key, raw, f"from {arg}"))
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--") and (
+                bool not in _allowed(types_.get(key)) or argv[i + 1] in ("True", "False")):
+            overrides.append((key, argv[i + 1], f"from {arg} {argv[i + 1]}"))
             i += 1
         else:
-            overrides.append((arg[2:], "True", arg))
+            overrides.append((key, "True", f"from {arg}"))
         i += 1
-    types_ = typing.get_type_hints(cls)
     values = {}
     for path in files:
         for key, value in _run_config_file(path).items():
             values[key] = _check(cls, types_, key, value, path)
     for key, raw, source in overrides:
-        values[key] = _check(cls, types_, key, _parse(raw, types_.get(key)), f"from {source}")
+        values[key] = _check(cls, types_, key, _parse(raw, types_.get(key)), source)
     try:
         return cls(**values)
     except ValueError as e:
         raise UserError(str(e)) from None
+
+
+def _allowed(annotation):
+    """The types a setting takes: (int,) for int, (float, NoneType) for Optional[float]."""
+    return typing.get_args(annotation) if typing.get_origin(annotation) is typing.Union else (annotation,)
 
 
 def _run_config_file(path):
@@ -81,7 +88,7 @@ def _run_config_file(path):
 
 
 def _parse(raw, annotation):
-    allowed = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Union else (annotation,)
+    allowed = _allowed(annotation)
     if str in allowed:  # a string setting takes the text as written ('3' stays '3'), or None
         return None if raw == "None" and type(None) in allowed else raw
     try:
@@ -91,14 +98,13 @@ def _parse(raw, annotation):
 
 
 def _check(cls, types_, key, value, source):
-    """Return value if it suits setting `key` of cls, else raise a UserError naming source."""
+    """Return value if it suits setting `key` of cls, else raise a UserError naming source
+    (a config file's path, or 'from --key=value')."""
     if key not in types_:
         close = difflib.get_close_matches(key, [f.name for f in fields(cls)], n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        where = source if source.startswith("from") else f"({source})"
-        raise UserError(f"unknown setting '{key}' {where}{hint}")
-    expected = types_[key]
-    allowed = typing.get_args(expected) if typing.get_origin(expected) is typing.Union else (expected,)
+        raise UserError(f"unknown setting '{key}' ({source}){hint}")
+    allowed = _allowed(types_[key])
     if value is None and type(None) in allowed:
         return value
     for kind in allowed:
@@ -107,8 +113,7 @@ def _check(cls, types_, key, value, source):
         if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
             return value
     names = " or ".join("None" if k is type(None) else k.__name__ for k in allowed)
-    where = source if source.startswith("from") else f"(in {source})"
-    raise UserError(f"{key}: expected {names}, got {value!r} {where}")
+    raise UserError(f"{key}: expected {names}, got {value!r} ({source})")
 
 
 # ----------------------------------------------------------------------------- data files
@@ -157,9 +162,12 @@ def write_meta(data_dir, meta):
 def read_meta(data_dir):
     path = Path(data_dir) / "meta.json"
     try:
-        return json.loads(path.read_text())
+        meta = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {path} ({e}); prepare the data again") from None
+    if not isinstance(meta, dict) or not {"codec", "vocab_size"} <= meta.keys():
+        raise UserError(f"{path} lacks 'codec' or 'vocab_size'; prepare the data again")
+    return meta
 
 
 def find_or_download(data_dir, filename, url, input_path=None, script="the prepare script"):
@@ -296,10 +304,12 @@ class atomic_write:
 
     def __exit__(self, exc_type, exc, tb):
         try:
-            if exc_type is None:
-                self.file.flush()
-                os.fsync(self.file.fileno())
-            self.file.close()
+            try:
+                if exc_type is None:
+                    self.file.flush()
+                    os.fsync(self.file.fileno())
+            finally:
+                self.file.close()
             if exc_type is None:
                 os.replace(self.tmp, self.path)
                 dir_fd = os.open(self.path.parent, os.O_RDONLY)

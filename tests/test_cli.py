@@ -261,7 +261,8 @@ def test_probs_file(trained, run_sample, tmp_path):
     run_sample("--temperature=0", "--show_probs=4", f"--probs_file={greedy_path}")
     for r in map(json.loads, greedy_path.read_text().splitlines()):
         assert len(r["candidates"]) == 4
-        assert r["token"] == r["candidates"][0]["token"] and r["prob"] == pytest.approx(1.0)
+        # greedy draws the most likely token; probabilities are shown at temperature 1
+        assert r["token"] == r["candidates"][0]["token"] and r["prob"] == r["candidates"][0]["prob"] < 1
 
 
 def letters_pair(text):

@@ -99,6 +99,7 @@ def test_imports_and_helpers_in_a_config_are_not_settings(tmp_path):
         "def double(x):\n    return 2 * x\n"
         "_scratch = 7\n"
         "n_embd = double(int(math.sqrt(1024)))\n"
+        "n_head = 4\n"
         "out_dir = str(Path('runs') / 'a')\n"))
     config = load_settings(TrainConfig, [path])
     assert config.n_embd == 64

@@ -233,12 +233,12 @@ def test_generate_rejects_bad_settings(tiny_config):
 
 def stream(model, idx, steps, use_cache, temperature=0.0, seed=None, **kwargs):
     generators = None if seed is None else [torch.Generator().manual_seed(seed + i) for i in range(idx.size(0))]
-    tokens, probs = [], []
-    for token, p in model.generate_stream(idx, steps, temperature=temperature, generators=generators,
-                                          use_cache=use_cache, **kwargs):
+    tokens, logits = [], []
+    for token, step_logits in model.generate_stream(idx, steps, temperature=temperature, generators=generators,
+                                                    use_cache=use_cache, **kwargs):
         tokens.append(token)
-        probs.append(p)
-    return torch.stack(tokens, 1), torch.stack(probs, 1)
+        logits.append(step_logits)
+    return torch.stack(tokens, 1), torch.stack(logits, 1)
 
 
 @pytest.mark.parametrize("pos_encoding", ["learned", "sinusoidal"])
@@ -265,29 +265,40 @@ def test_cache_sampled_distributions_match_no_cache(steps):
     model = random_model(config, seed=3)
     torch.manual_seed(4)
     idx = torch.randint(0, config.vocab_size, (3, 5))
-    cached_tokens, cached_probs = stream(model, idx, steps, use_cache=True, temperature=1.0, seed=10)
-    plain_tokens, plain_probs = stream(model, idx, steps, use_cache=False, temperature=1.0, seed=10)
+    cached_tokens, cached_logits = stream(model, idx, steps, use_cache=True, temperature=1.0, seed=10)
+    plain_tokens, plain_logits = stream(model, idx, steps, use_cache=False, temperature=1.0, seed=10)
     assert torch.equal(cached_tokens, plain_tokens)
-    torch.testing.assert_close(cached_probs, plain_probs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(cached_logits, plain_logits, atol=1e-5, rtol=0)
     # the distributions are far from uniform, so the comparison means something
-    assert cached_probs.max(-1).values.mean() > 3 / config.vocab_size
+    assert cached_logits.softmax(-1).max(-1).values.mean() > 3 / config.vocab_size
 
 
-def test_stream_probs_are_what_the_model_predicts():
-    """Each yielded distribution is sampling_probs of the model's last logits over the window."""
+def test_stream_logits_are_what_the_model_predicts():
+    """Each yielded logits row is the model's last logits over the window, and the token drawn
+    is one that sampling_probs of them allows."""
     config = config_with()
     model = random_model(config, seed=5)
     idx = torch.randint(0, config.vocab_size, (1, 4))
-    tokens, probs = stream(model, idx, 20, use_cache=True, temperature=0.7, seed=0, top_k=5)
+    tokens, yielded = stream(model, idx, 20, use_cache=True, temperature=0.7, seed=0, top_k=5)
     sequence = torch.cat([idx, tokens], 1)
     for step in range(20):
         window = sequence[:, : 4 + step][:, -config.block_size:]
         with torch.no_grad():
             logits, _ = model(window)
-        expected = sampling_probs(logits[:, -1], temperature=0.7, top_k=5)
-        torch.testing.assert_close(probs[:, step], expected, atol=1e-5, rtol=0)
-        assert probs[0, step, tokens[0, step]] > 0  # the drawn token was allowed
-        assert (probs[0, step] > 0).sum() == 5
+        torch.testing.assert_close(yielded[:, step], logits[:, -1], atol=1e-5, rtol=0)
+        probs = sampling_probs(yielded[:, step], temperature=0.7, top_k=5)
+        assert probs[0, tokens[0, step]] > 0  # the drawn token was allowed
+        assert (probs[0] > 0).sum() == 5
+
+
+def test_vocab_limit_never_draws_the_padding_rows():
+    config = config_with()
+    model = random_model(config, seed=8)
+    with torch.no_grad():  # make the padding rows (ids >= 10) by far the most likely
+        model.lm_head.weight[10:] *= 50
+    idx = torch.zeros(4, 1, dtype=torch.long)
+    assert (model.generate(idx, 30, temperature=1.0)[:, 1:] >= 10).any()
+    assert (model.generate(idx, 30, temperature=1.0, vocab_limit=10)[:, 1:] < 10).all()
 
 
 @pytest.mark.parametrize("pos_encoding", ["learned", "sinusoidal"])
@@ -453,8 +464,8 @@ def test_generate_in_training_mode_ignores_dropout():
 
 def test_generate_has_no_grad(tiny_config):
     model = random_model(tiny_config, seed=17)
-    token, probs = next(model.generate_stream(torch.zeros(1, 2, dtype=torch.long), 3))
-    assert not probs.requires_grad
+    token, logits = next(model.generate_stream(torch.zeros(1, 2, dtype=torch.long), 3))
+    assert not logits.requires_grad
     assert not token.requires_grad
 
 
