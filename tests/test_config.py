@@ -336,3 +336,9 @@ def test_every_setting_can_be_set_from_the_command_line():
         text = value if hints[f.name] is str else repr(value)
         config = load_settings(TrainConfig, [f"--{f.name}={text}"])
         assert getattr(config, f.name) == value, f.name
+
+
+def test_bare_bool_flag_before_a_config_file(tmp_path):
+    path = write_config(tmp_path / "cfg.py", "batch_size = 7\n")
+    config = load_settings(TrainConfig, ["--compile", path, "--eval_only", "False"])
+    assert config.compile is True and config.eval_only is False and config.batch_size == 7

@@ -122,6 +122,9 @@ def data_dir(tmp_path_factory):
     short = root / "short.txt"
     short.write_text(TEXT[:12])  # 10 train tokens, 2 val tokens: less than a block of 16
     shakespeare_char.prepare(root / "short", input_path=str(short))
+    other = root / "other.txt"
+    other.write_text(TEXT.replace("a", "@"))  # as many characters as tiny's, but other ones
+    shakespeare_char.prepare(root / "other", input_path=str(other))
     return root
 
 
@@ -376,6 +379,12 @@ TRAIN_MISTAKES = [
             ["different model", "n_embd"]),
     mistake("resume a different vocab_size", lambda d, o, t: settings(d, o, init_from="resume", vocab_size=100),
             ["different model", "vocab_size"]),
+    mistake("start afresh over an existing run", lambda d, o, t: settings(d, o),
+            ["already holds a run", "--init_from=resume"]),
+    mistake("model settings that do not fit", lambda d, o, t: settings(d, o, n_head=5),
+            ["n_embd", "divisible by n_head"]),
+    mistake("resume on other data", lambda d, o, t: settings(d, o, init_from="resume", dataset="other"),
+            ["other data"]),
     mistake("unknown setting while resuming",
             lambda d, o, t: settings(d, o, init_from="resume") + ["--max_iter=30"], ["unknown setting 'max_iter'"]),
 ]
@@ -395,6 +404,15 @@ def test_train_mistake_leaves_the_run_untouched(make_args, fragments, data_dir, 
             f for f in fragments if f != "different model"}
         assert not any(f"{name}=" in line for name in others), line
     assert not list(tmp_path.glob("*.pt"))
+
+
+def test_eval_only_after_resume_evaluates_and_changes_nothing(data_dir, trained, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    before = file_hashes(trained)
+    capsys.readouterr()
+    assert train.main(settings(data_dir, trained, init_from="resume", eval_only=True)) == 0
+    assert "val loss" in capsys.readouterr().out
+    assert file_hashes(trained) == before
 
 
 def test_resume_with_no_checkpoint(data_dir, tmp_path, monkeypatch, capsys):
