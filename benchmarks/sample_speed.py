@@ -18,13 +18,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from model import GPT, GPTConfig  # noqa: E402
-from prepare.common import autocast_context, resolve_device, resolve_dtype  # noqa: E402
+from model import GPT  # noqa: E402
+from prepare.common import autocast_context, load_settings, resolve_device, resolve_dtype, run_cli  # noqa: E402
+from train import TrainConfig  # noqa: E402
 
-MODELS = {
-    "shakespeare (6x384, context 256)": GPTConfig(block_size=256, vocab_size=65, n_layer=6, n_head=6, n_embd=384, bias=False),
-    "shakespeare_cpu (4x128, context 64)": GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4, n_embd=128, bias=False),
-}
+CONFIGS = ["configs/shakespeare.py", "configs/shakespeare_cpu.py"]  # the model shapes measured
+VOCAB_SIZE = 65  # tiny Shakespeare's characters
 
 
 def tokens_per_second(model, prompt, new_tokens, use_cache):
@@ -33,19 +32,23 @@ def tokens_per_second(model, prompt, new_tokens, use_cache):
     return new_tokens / (time.perf_counter() - started), out
 
 
-def main():
+def main(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--new_tokens", type=int, default=1000)
     parser.add_argument("--prompt_tokens", type=int, default=1)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="float32")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     print(f"device {device}, dtype {dtype}, threads {torch.get_num_threads()}, "
           f"{args.prompt_tokens} prompt token(s), 1 sample")
     print(f"{'model':38} {'new tokens':>10} {'cached tok/s':>13} {'recompute tok/s':>16} {'speed-up':>9}")
-    for name, config in MODELS.items():
+    root = Path(__file__).resolve().parent.parent
+    for path in CONFIGS:
+        settings = load_settings(TrainConfig, [str(root / path)])
+        config = settings.model_config(VOCAB_SIZE)
+        name = f"{Path(path).stem} ({config.n_layer}x{config.n_embd}, context {config.block_size})"
         torch.manual_seed(0)
         model = GPT(config).to(device).eval()
         prompt = torch.randint(0, config.vocab_size, (1, args.prompt_tokens), device=device)
@@ -57,5 +60,6 @@ def main():
             same = "same tokens" if torch.equal(out_cached, out_full) else "TOKENS DIFFER"
             print(f"{name:38} {new_tokens:10d} {cached:13.1f} {full:16.1f} {cached / full:8.1f}x  ({same})", flush=True)
 
+
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))
