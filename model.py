@@ -235,8 +235,8 @@ class GPT(nn.Module):
 
         Past block_size, the model reads the last block_size tokens, at positions 0..block_size-1.
         Sliding that window shifts every token's position, so no cached key or value stays valid:
-        from then on each step clears the cache and re-reads the window, which gives exactly what
-        a full recompute gives (and costs as much).
+        from then on each step re-reads the whole window without the cache, exactly as a full
+        recompute does (and at its cost).
         """
         check_sampling(temperature, top_k, top_p)
         was_training = self.training
@@ -246,13 +246,10 @@ class GPT(nn.Module):
         sequence, unread = idx, idx  # unread: tokens the cache has not seen yet
         try:
             for _ in range(max_new_tokens):
-                if cache is None:
-                    logits, _ = self(sequence[:, -block_size:], only_last=True)
-                else:
-                    if cache.length + unread.size(1) > block_size:
-                        cache.length = 0
-                        unread = sequence[:, -block_size:]
+                if cache is not None and sequence.size(1) <= block_size:
                     logits, _ = self(unread, cache=cache, only_last=True)
+                else:
+                    logits, _ = self(sequence[:, -block_size:], only_last=True)
                 logits = logits[:, -1, :].float()
                 if vocab_limit is not None:
                     logits[:, vocab_limit:] = float("-inf")
