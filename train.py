@@ -396,6 +396,28 @@ def train(config):
         run.metrics.close()
 
 
+def evaluate(run):
+    """Estimate the losses and record them; save ckpt.pt when val improves (or always, by
+    setting) and best.pt when it improves. Weights whose loss is not finite are never saved."""
+    config, it = run.config, run.iter_num
+    losses = run.estimate_loss()
+    run.metrics.record({"iter": it, "train_loss": losses["train"], "val_loss": losses["val"]})
+    report = f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+    if not all(map(math.isfinite, losses.values())):
+        if config.nonfinite_loss == "stop":
+            raise UserError(f"the loss is {losses['train']} (train), {losses['val']} (val) at iteration {it}; "
+                            f"stopped without saving, so the last checkpoint in {run.out_dir} is untouched; "
+                            f"lower learning_rate and resume with --init_from=resume")
+        print(f"{report}; not saved (nonfinite_loss='skip')")
+        return
+    improved = losses["val"] < run.best_val_loss
+    run.best_val_loss = min(run.best_val_loss, losses["val"])
+    if it > 0 and not config.eval_only and (improved or config.always_save_checkpoint):
+        run.save(best=improved)
+        report += "; saved ckpt.pt and best.pt" if improved else "; saved ckpt.pt"
+    print(report)
+
+
 def train_loop(run, stop):
     config, metrics = run.config, run.metrics
     tokens_per_step = config.gradient_accumulation_steps * config.batch_size * config.block_size
@@ -408,23 +430,9 @@ def train_loop(run, stop):
     step_seconds, steps_since_log = 0.0, 0
     while True:
         it = run.iter_num
-        if config.eval_only or (it % config.eval_interval == 0 or it == config.max_iters) and run.last_eval_iter != it:
-            losses = run.estimate_loss()
-            metrics.record({"iter": it, "train_loss": losses["train"], "val_loss": losses["val"]})
-            report = f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
-            if not all(map(math.isfinite, losses.values())):  # diverged: never save such weights
-                if config.nonfinite_loss == "stop":
-                    raise UserError(f"the loss is {losses['train']} (train), {losses['val']} (val) at iteration {it}; "
-                                    f"stopped without saving, so the last checkpoint in {run.out_dir} is untouched; "
-                                    f"lower learning_rate and resume with --init_from=resume")
-                print(f"{report}; not saved (nonfinite_loss='skip')")
-            else:
-                improved = losses["val"] < run.best_val_loss
-                run.best_val_loss = min(run.best_val_loss, losses["val"])
-                if it > 0 and not config.eval_only and (improved or config.always_save_checkpoint):
-                    run.save(best=improved)
-                    report += "; saved ckpt.pt and best.pt" if improved else "; saved ckpt.pt"
-                print(report)
+        due = it % config.eval_interval == 0 or it == config.max_iters
+        if config.eval_only or (due and run.last_eval_iter != it):  # a resumed run has evaluated at `it`
+            evaluate(run)
         if config.eval_only or it >= config.max_iters:
             break
         if stop.signal is not None:
