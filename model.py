@@ -68,6 +68,10 @@ class KVCache:
 
 
 class CausalSelfAttention(nn.Module):
+    """Every position makes a query, a key and a value. A position's output is the average of
+    the values at it and before it (causal: never after), weighted by softmax(q . k / sqrt(hs)).
+    n_head heads do this side by side, each in its own hs = n_embd / n_head channels."""
+
     def __init__(self, config, layer):
         super().__init__()
         self.layer = layer  # this block's index, which selects its slot in a KVCache
@@ -100,6 +104,8 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
+    """At each position on its own: widen 4x, apply the nonlinearity, project back."""
+
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
@@ -139,6 +145,9 @@ def sinusoidal_positions(block_size, n_embd):
 
 
 class GPT(nn.Module):
+    """Token embedding + position encoding -> n_layer blocks -> final LayerNorm -> logits,
+    one score per vocabulary entry for the token that comes next at every position."""
+
     def __init__(self, config):
         super().__init__()
         self.config = replace(config)  # its own copy: crop_block_size changes it
