@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from model import GPT, GPTConfig, check_sampling
+from model import GPT, GPTConfig, check_sampling, sampling_probs
 from prepare.common import (UserError, autocast_context, codec_from_meta, load_checkpoint, load_settings,
                             resolve_device, resolve_dtype, run_cli)
 
@@ -114,12 +114,6 @@ class Sample:
         return new
 
 
-def display_probs(logits, temperature):
-    """What --show_probs shows: the probabilities after temperature, before any top-k or top-p
-    cut (for greedy decoding, at temperature 1: all its mass would be on one token)."""
-    return torch.softmax(logits / (temperature or 1.0), dim=-1)
-
-
 def candidates(probs, token, count, codec):
     """The count most likely tokens of probs (V,) as dicts, and the drawn token's own."""
     top = torch.topk(probs, min(count, probs.size(0)))
@@ -165,7 +159,8 @@ def sample(config, out=None):
                                   generators, config.use_cache, vocab_limit=codec.vocab_size)
     with autocast_context(device, dtype), (probs_file or nullcontext()):
         for step, (tokens, logits) in enumerate(steps):
-            probs = display_probs(logits, config.temperature) if config.show_probs or probs_file else None
+            # --show_probs shows probabilities after temperature, before top-k and top-p (greedy: at 1)
+            probs = sampling_probs(logits, config.temperature or 1.0) if config.show_probs or probs_file else None
             for i, (s, token) in enumerate(zip(samples, tokens.tolist())):
                 if s.done:
                     continue

@@ -240,6 +240,9 @@ class Run:
             raise UserError(f"cannot create out_dir {self.out_dir}: {e.strerror}; choose another out_dir") from None
         if not os.access(self.out_dir, os.W_OK):
             raise UserError(f"cannot write to out_dir {self.out_dir}; choose another out_dir")
+        for name in ("ckpt.pt", "best.pt", "metrics.jsonl"):  # temp files left by a save killed part-way
+            for unfinished in self.out_dir.glob(f".{name}.*tmp"):
+                unfinished.unlink()
         self.metrics = Metrics(None if config.eval_only else self.out_dir / "metrics.jsonl", metrics_lines)
 
     def resume(self):
@@ -386,14 +389,21 @@ class StopRequest:
 
 def train(config):
     run = Run(config)
-    for name in ("ckpt.pt", "best.pt", "metrics.jsonl"):  # temp files left by a save killed part-way
-        for unfinished in run.out_dir.glob(f".{name}.*tmp"):
-            unfinished.unlink()
     try:
         with StopRequest() as stop:
             return train_loop(run, stop)
     finally:
         run.metrics.close()
+
+
+def nonfinite(run, what, consequence):
+    """A nan or inf loss: with nonfinite_loss='stop' a UserError (nothing saved), with 'skip' a
+    line saying what happens instead."""
+    if run.config.nonfinite_loss == "stop":
+        raise UserError(f"{what} at iteration {run.iter_num}; stopped without saving, so the last checkpoint "
+                        f"in {run.out_dir} is untouched; lower learning_rate and resume with --init_from=resume, "
+                        f"or set nonfinite_loss='skip' to go on past such steps")
+    print(f"iter {run.iter_num}: {what}; {consequence} (nonfinite_loss='skip')")
 
 
 def evaluate(run):
@@ -404,11 +414,7 @@ def evaluate(run):
     run.metrics.record({"iter": it, "train_loss": losses["train"], "val_loss": losses["val"]})
     report = f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
     if not all(map(math.isfinite, losses.values())):
-        if config.nonfinite_loss == "stop":
-            raise UserError(f"the loss is {losses['train']} (train), {losses['val']} (val) at iteration {it}; "
-                            f"stopped without saving, so the last checkpoint in {run.out_dir} is untouched; "
-                            f"lower learning_rate and resume with --init_from=resume")
-        print(f"{report}; not saved (nonfinite_loss='skip')")
+        nonfinite(run, f"the evaluated loss is {losses['train']} (train), {losses['val']} (val)", "not saved")
         return
     improved = losses["val"] < run.best_val_loss
     run.best_val_loss = min(run.best_val_loss, losses["val"])
@@ -445,11 +451,7 @@ def train_loop(run, stop):
         step_seconds += time.perf_counter() - started
         steps_since_log += 1
         if not math.isfinite(loss):
-            if config.nonfinite_loss == "stop":
-                raise UserError(f"loss is {loss} at iteration {it}; stopped without saving, so the last "
-                                f"checkpoint in {run.out_dir} is untouched; lower learning_rate, or set "
-                                f"nonfinite_loss='skip' to skip such steps")
-            print(f"iter {it}: loss is {loss}; step skipped (nonfinite_loss='skip')")
+            nonfinite(run, f"the loss is {loss}", "step skipped")
         run.iter_num += 1
         if run.iter_num % config.log_interval == 0 or run.iter_num == config.max_iters:
             print(f"iter {run.iter_num}: loss {loss:.4f}, lr {lr:.2e}, "
