@@ -248,6 +248,12 @@ class GPT(nn.Module):
         recompute does (and at its cost).
         """
         check_sampling(temperature, top_k, top_p)
+        if idx.dim() != 2 or idx.size(1) == 0:
+            raise ValueError(f"idx must be token ids of shape (batch, length >= 1), got shape {tuple(idx.shape)}")
+        if generators is not None and len(generators) != idx.size(0):
+            raise ValueError(f"need one generator per row of idx: got {len(generators)} for {idx.size(0)} rows")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         was_training = self.training
         self.eval()
         block_size = self.config.block_size
@@ -283,8 +289,8 @@ class GPT(nn.Module):
 
 
 def check_sampling(temperature, top_k, top_p):
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 is greedy), got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be at least 1 (or None for no cut), got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
@@ -303,7 +309,8 @@ def sampling_probs(logits, temperature=1.0, top_k=None, top_p=None):
     logits = logits.float()
     if temperature == 0:
         return F.one_hot(logits.argmax(dim=-1), logits.size(-1)).float()
-    logits = logits / temperature
+    # Shift the best logit to 0 first: then even a tiny temperature gives 0 and -inf, never inf - inf.
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
     if top_k is not None and top_k < logits.size(-1):
         kth_largest = torch.topk(logits, top_k, dim=-1).values[:, [-1]]
         logits = logits.masked_fill(logits < kth_largest, float("-inf"))

@@ -10,7 +10,7 @@ Settings: the defaults below, then config files, then --key=value (or --key valu
 import json
 import re
 import sys
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -18,8 +18,8 @@ from typing import Optional
 import torch
 
 from model import GPT, GPTConfig, check_sampling, sampling_probs
-from prepare.common import (UserError, autocast_context, codec_from_meta, load_checkpoint, load_settings,
-                            resolve_device, resolve_dtype, run_cli)
+from prepare.common import (UserError, atomic_write, autocast_context, codec_from_meta, load_checkpoint, load_settings,
+                            meta_problem, resolve_device, resolve_dtype, run_cli)
 
 
 @dataclass
@@ -49,6 +49,8 @@ class SampleConfig:
             raise ValueError("num_samples must be >= 1, max_new_tokens and show_probs >= 0")
         if self.stop == "":
             raise ValueError("stop must be a non-empty string (or unset)")
+        if not 0 <= self.seed <= 2**63 - self.num_samples:  # sample i uses seed + i, a 64-bit seed
+            raise ValueError(f"seed must be in [0, {2**63 - self.num_samples}], got {self.seed}")
 
 
 def unescape(text):
@@ -63,15 +65,26 @@ def load_model(path, device):
         model.load_state_dict(state["model"])
     except (TypeError, ValueError, RuntimeError) as e:
         raise UserError(f"{path} does not hold a model this code can build ({str(e).splitlines()[0][:120]})") from None
-    return model.to(device).eval(), codec_from_meta(state["meta"])
+    problem = meta_problem(state["meta"])
+    codec = None if problem else codec_from_meta(state["meta"])
+    if codec and codec.vocab_size > model.config.vocab_size:
+        problem = f"a vocabulary of {codec.vocab_size} tokens for a model of {model.config.vocab_size}"
+    if problem:
+        raise UserError(f"{path} is not a checkpoint of this project ({problem}); use one written by train.py")
+    return model.to(device).eval(), codec
 
 
 def read_prompt(start, codec):
     if start.startswith("FILE:"):
+        path = start[5:]
+        if not path:
+            raise UserError("--start=FILE: needs a file's path after FILE:")
         try:
-            start = Path(start[5:]).read_text(encoding="utf-8")
+            start = Path(path).read_text(encoding="utf-8")
         except OSError as e:
-            raise UserError(f"cannot read the prompt file {start[5:]}: {e.strerror}") from None
+            raise UserError(f"cannot read the prompt file {path}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise UserError(f"the prompt file {path} is not UTF-8 text; save it as UTF-8") from None
     ids = codec.encode(start)
     if not ids:
         raise UserError("the prompt is empty; give --start some text")
@@ -79,11 +92,15 @@ def read_prompt(start, codec):
 
 
 class Sample:
-    """One sample's text as it grows, cut at the stop string or the end-of-text token."""
+    """One sample's text as it grows, cut at the stop string or the end-of-text token. Each
+    new token is decoded on its own (with any unfinished character before it), so a long
+    sample costs the same per token as a short one."""
 
     def __init__(self, codec, stop):
         self.codec, self.stop = codec, stop
         self.ids, self.done, self.shown = [], False, 0
+        self.full, self.pending = "", []  # the text of ids up to its last whole character, then the rest
+        self.cut = None  # where the stop string begins, once it has appeared
 
     def add(self, token):
         if self.done:
@@ -92,24 +109,27 @@ class Sample:
             self.done = True
             return
         self.ids.append(token)
-        if self.stop and self.stop in self.text(cut=False):
-            self.done = True
+        self.pending.append(token)
+        piece = self.codec.decode(self.pending)
+        if piece.endswith("\ufffd"):  # part of a character (BPE): wait for the rest of it
+            return
+        searched = max(0, len(self.full) - len(self.stop) + 1) if self.stop else 0
+        self.full, self.pending = self.full + piece, []
+        if self.stop and (at := self.full.find(self.stop, searched)) >= 0:
+            self.cut, self.done = at, True
 
     def text(self, cut=True):
-        text = self.codec.decode(self.ids)
-        return text.split(self.stop)[0] if cut and self.stop else text
+        if cut and self.cut is not None:
+            return self.full[:self.cut]
+        return self.full + (self.codec.decode(self.pending) if self.pending else "")
 
     def unshown(self):
-        """New text safe to print now: held back are a partial UTF-8 character and any ending
-        that could still grow into the stop string."""
-        text = self.text()
+        """New text safe to print now: held back are a partial character and any ending that
+        could still grow into the stop string."""
+        text = self.text() if self.done else self.full
         end = len(text)
-        if not self.done:
-            if text.endswith("\ufffd"):
-                end -= 1
-            if self.stop:
-                end = min(end, max(self.shown, end - max(
-                    (n for n in range(1, len(self.stop)) if text[:end].endswith(self.stop[:n])), default=0)))
+        if not self.done and self.stop:
+            end -= max((n for n in range(1, len(self.stop)) if text.endswith(self.stop[:n])), default=0)
         new, self.shown = text[self.shown:end], max(self.shown, end)
         return new
 
@@ -123,10 +143,27 @@ def candidates(probs, token, count, codec):
 
 
 def format_candidates(step, rows, drawn):
-    cells = [f"{'*' if r['token'] == drawn['token'] else ' '}{r['text']!r:>8} {r['prob']:.3f}" for r in rows]
+    def label(entry):  # a token that is part of a character (BPE) shows as its id: #94
+        return f"#{entry['token']}" if "\ufffd" in entry["text"] else repr(entry["text"])
+    cells = [f"{'*' if r['token'] == drawn['token'] else ' '}{label(r):>8} {r['prob']:.3f}" for r in rows]
     if all(r["token"] != drawn["token"] for r in rows):
-        cells.append(f"| drawn {drawn['text']!r} {drawn['prob']:.3f}")
-    return f"{step:5d} {drawn['text']!r:>8}  " + "  ".join(cells)
+        cells.append(f"| drawn {label(drawn)} {drawn['prob']:.3f}")
+    return f"{step:5d} {label(drawn):>8}  " + "  ".join(cells)
+
+
+def open_probs_file(path, stack, keep):
+    """The --probs_file, written beside path and renamed over it only when sampling ends
+    (Ctrl-C or an error leaves any earlier file as it was); never one of the files in keep."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"probs_file {path} is a folder; name a file")
+    clash = [k for k in keep if path.exists() and k.exists() and path.samefile(k)]
+    if clash:
+        raise UserError(f"probs_file {path} is the file sampling reads ({clash[0]}); choose another path")
+    try:
+        return stack.enter_context(atomic_write(path, "w"))
+    except OSError as e:
+        raise UserError(f"cannot write probs_file {path}: {e.strerror}") from None
 
 
 def sample(config, out=None):
@@ -134,6 +171,9 @@ def sample(config, out=None):
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     out_dir = Path(config.out_dir)
+    if config.checkpoint and Path(config.checkpoint).is_dir():
+        raise UserError(f"--checkpoint={config.checkpoint} is a folder; name a checkpoint file in it, "
+                        f"or use --out_dir={config.checkpoint}")
     path = Path(config.checkpoint) if config.checkpoint else \
         out_dir / "best.pt" if (out_dir / "best.pt").is_file() else out_dir / "ckpt.pt"
     model, codec = load_model(path, device)
@@ -143,24 +183,22 @@ def sample(config, out=None):
     samples = [Sample(codec, config.stop) for _ in range(config.num_samples)]
     stream = config.num_samples == 1 and not config.show_probs  # print text as it comes
     count = config.show_probs or 10
-    probs_file = None
-    if config.probs_file:
-        try:
-            probs_file = open(config.probs_file, "w")
-        except OSError as e:
-            raise UserError(f"cannot write probs_file {config.probs_file}: {e.strerror}") from None
     table = [[] for _ in samples]
-    if stream:
-        out.write(codec.decode(prompt))
-    if config.show_probs:
-        print(f" step    drawn  the {count} most likely next tokens, with their probabilities after "
-              f"temperature{' (greedy: at 1)' if config.temperature == 0 else ''}; * = drawn", file=out)
     steps = model.generate_stream(idx, config.max_new_tokens, config.temperature, config.top_k, config.top_p,
                                   generators, config.use_cache, vocab_limit=codec.vocab_size)
-    with autocast_context(device, dtype), (probs_file or nullcontext()):
+    with ExitStack() as stack:
+        keep = [path] + ([Path(config.start[5:])] if config.start.startswith("FILE:") else [])
+        probs_file = open_probs_file(config.probs_file, stack, keep) if config.probs_file else None
+        stack.enter_context(autocast_context(device, dtype))
+        if stream:
+            out.write(codec.decode(prompt))
+        if config.show_probs:
+            print(f" step    drawn  the {count} most likely next tokens, with their probabilities after "
+                  f"temperature{' (greedy: at 1)' if config.temperature == 0 else ''}; * = drawn", file=out)
         for step, (tokens, logits) in enumerate(steps):
             # --show_probs shows probabilities after temperature, before top-k and top-p (greedy: at 1)
-            probs = sampling_probs(logits, config.temperature or 1.0) if config.show_probs or probs_file else None
+            if config.show_probs or probs_file:
+                probs = sampling_probs(logits, config.temperature or 1.0)[:, :codec.vocab_size]
             for i, (s, token) in enumerate(zip(samples, tokens.tolist())):
                 if s.done:
                     continue

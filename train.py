@@ -88,6 +88,19 @@ class TrainConfig:
             raise ValueError(f"nonfinite_loss must be 'stop' or 'skip', got {self.nonfinite_loss!r}")
         if self.init_from not in ("scratch", "resume"):
             raise ValueError(f"init_from must be 'scratch' or 'resume', got {self.init_from!r}")
+        if not self.out_dir:
+            raise ValueError("out_dir must name a folder")
+        for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "warmup_iters", "lr_decay_iters"):
+            if not getattr(self, name) >= 0:  # `not >=` also catches nan
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}"
+                                 + (" (0 turns clipping off)" if name == "grad_clip" else ""))
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
+        if self.vocab_size is not None and self.vocab_size < 1:
+            raise ValueError(f"vocab_size must be at least 1 (or None for the data's), got {self.vocab_size}")
         self.model_config(vocab_size=1)  # raises on a bad model shape, with the other setting checks
         if self.decay_lr and self.lr_decay_iters <= self.warmup_iters:
             raise ValueError(f"lr_decay_iters ({self.lr_decay_iters}) must be greater than "
@@ -196,7 +209,7 @@ def checkpoint_state(run):
     }
 
 
-MODEL_KEYS = [f.name for f in fields(GPTConfig)]
+MODEL_KEYS = [f.name for f in fields(GPTConfig) if f.name != "dropout"]  # what a resumed run must keep
 
 
 class Run:
@@ -310,7 +323,7 @@ class Run:
         loss = total.item() / steps
         if finite and math.isfinite(loss):
             self.scaler.step(self.optimizer)
-            self.scaler.update()
+        self.scaler.update()  # float16: also after a skipped step, which unscale_ counted (it lowers the scale)
         self.optimizer.zero_grad(set_to_none=True)
         return loss, lr
 
@@ -320,8 +333,14 @@ class Run:
             save_checkpoint(self.out_dir / "ckpt.pt", checkpoint_state(self),
                             copies=[self.out_dir / "best.pt"] if best else [])
         except OSError as e:
-            raise UserError(f"could not save a checkpoint in {self.out_dir}: {e.strerror}; the previous one is "
-                            f"untouched: free space (or choose another out_dir) and resume with --init_from=resume") from None
+            raise UserError(f"could not save a checkpoint in {self.out_dir}: {e.strerror}; "
+                            + self.how_to_go_on("free space (or choose another out_dir)")) from None
+
+    def how_to_go_on(self, fix):
+        """The end of the line that stops a run: fix, then resume if there is a checkpoint to resume."""
+        if (self.out_dir / "ckpt.pt").is_file():
+            return f"the last checkpoint in {self.out_dir} is untouched: {fix} and resume with --init_from=resume"
+        return f"no checkpoint was saved yet: {fix} and start again"
 
 
 class Metrics:
@@ -396,14 +415,17 @@ def train(config):
         run.metrics.close()
 
 
-def nonfinite(run, what, consequence):
-    """A nan or inf loss: with nonfinite_loss='stop' a UserError (nothing saved), with 'skip' a
-    line saying what happens instead."""
-    if run.config.nonfinite_loss == "stop":
-        raise UserError(f"{what} at iteration {run.iter_num}; stopped without saving, so the last checkpoint "
-                        f"in {run.out_dir} is untouched; lower learning_rate and resume with --init_from=resume, "
-                        f"or set nonfinite_loss='skip' to go on past such steps")
-    print(f"iter {run.iter_num}: {what}; {consequence} (nonfinite_loss='skip')")
+def nonfinite(run, what, skipped=False):
+    """A nan or inf loss stops the run without saving (a UserError), unless it is a training
+    step's and nonfinite_loss='skip': then that step is skipped. A non-finite evaluation always
+    stops it: averaged over many batches, it means the weights themselves are broken."""
+    if skipped and run.config.nonfinite_loss == "skip":
+        print(f"iter {run.iter_num}: {what}; step skipped (nonfinite_loss='skip')")
+        return
+    hint = "" if skipped else " (the model's weights no longer give a finite loss)"
+    alternative = ", or set nonfinite_loss='skip' to go on past such steps" if skipped else ""
+    raise UserError(f"{what} at iteration {run.iter_num}{hint}; stopped without saving: "
+                    + run.how_to_go_on("lower learning_rate") + alternative)
 
 
 def evaluate(run):
@@ -413,9 +435,8 @@ def evaluate(run):
     losses = run.estimate_loss()
     run.metrics.record({"iter": it, "train_loss": losses["train"], "val_loss": losses["val"]})
     report = f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
-    if not all(map(math.isfinite, losses.values())):
-        nonfinite(run, f"the evaluated loss is {losses['train']} (train), {losses['val']} (val)", "not saved")
-        return
+    if not all(map(math.isfinite, losses.values())) and not config.eval_only:
+        nonfinite(run, f"the evaluated loss is {losses['train']} (train), {losses['val']} (val)")
     improved = losses["val"] < run.best_val_loss
     run.best_val_loss = min(run.best_val_loss, losses["val"])
     if it > 0 and not config.eval_only and (improved or config.always_save_checkpoint):
@@ -451,7 +472,7 @@ def train_loop(run, stop):
         step_seconds += time.perf_counter() - started
         steps_since_log += 1
         if not math.isfinite(loss):
-            nonfinite(run, f"the loss is {loss}", "step skipped")
+            nonfinite(run, f"the loss is {loss}", skipped=True)
         run.iter_num += 1
         if run.iter_num % config.log_interval == 0 or run.iter_num == config.max_iters:
             print(f"iter {run.iter_num}: loss {loss:.4f}, lr {lr:.2e}, "
@@ -459,7 +480,11 @@ def train_loop(run, stop):
                   f"{tokens_per_step * steps_since_log / step_seconds:,.0f} tok/s")
             metrics.record({"iter": run.iter_num, "loss": loss, "lr": lr})
             step_seconds, steps_since_log = 0.0, 0
-    print(f"best val loss {run.best_val_loss:.4f}; checkpoints in {run.out_dir}")
+    if (run.out_dir / "ckpt.pt").is_file():
+        print(f"best val loss {run.best_val_loss:.4f}; checkpoints in {run.out_dir}")
+    else:  # iteration 0 is never saved, and with always_save_checkpoint=False only a better val loss is
+        print(f"best val loss {run.best_val_loss:.4f}; no checkpoint saved: none is written at iteration 0, and "
+              f"with always_save_checkpoint=False only when val loss improves on its best")
     return run
 
 

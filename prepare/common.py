@@ -26,13 +26,20 @@ class UserError(Exception):
 
 def run_cli(main, argv=None):
     """Run main(argv) (default: the command line) and return exit status 0; a UserError
-    becomes one line on stderr and exit status 2."""
+    becomes one line on stderr and exit status 2. Ctrl-C, and a reader that closed the pipe
+    (`python sample.py | head`), end the program quietly, with a shell's usual statuses."""
     try:
         main(sys.argv[1:] if argv is None else argv)
         return 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        raise SystemExit(130) from None
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        raise SystemExit(141) from None
 
 
 # ----------------------------------------------------------------------------- settings
@@ -54,6 +61,8 @@ def load_settings(cls, argv):
                 bool not in _allowed(types_.get(key)) or argv[i + 1] in ("True", "False")):
             overrides.append((key, argv[i + 1], f"from {arg} {argv[i + 1]}"))
             i += 1
+        elif key in types_ and bool not in _allowed(types_[key]):
+            raise UserError(f"--{key} needs a value: --{key}=VALUE")
         else:
             overrides.append((key, "True", f"from {arg}"))
         i += 1
@@ -154,6 +163,18 @@ def read_tokens(path):
     return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_INTS * 8, shape=(count,))
 
 
+def write_dataset(out_dir, train, val, meta):
+    """A prepared dataset: out_dir/train.bin, val.bin and meta.json (written last: a folder
+    without it is unfinished, and train.py prepares it again)."""
+    try:
+        write_tokens(Path(out_dir) / "train.bin", train)
+        write_tokens(Path(out_dir) / "val.bin", val)
+        write_meta(out_dir, meta)
+    except OSError as e:
+        raise UserError(f"cannot write the prepared data to {out_dir}: {e.strerror}; "
+                        f"free some space or choose another --out_dir") from None
+
+
 def write_meta(data_dir, meta):
     with atomic_write(Path(data_dir) / "meta.json", "w") as f:
         json.dump(meta, f, indent=1)
@@ -165,15 +186,39 @@ def read_meta(data_dir):
         meta = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {path} ({e}); prepare the data again") from None
-    if not isinstance(meta, dict) or not {"codec", "vocab_size"} <= meta.keys():
-        raise UserError(f"{path} lacks 'codec' or 'vocab_size'; prepare the data again")
+    problem = meta_problem(meta)
+    if problem:
+        raise UserError(f"{path}: {problem}; prepare the data again")
     return meta
+
+
+def meta_problem(meta):
+    """What is wrong with a dataset's metadata (from meta.json or a checkpoint), or None."""
+    if not isinstance(meta, dict):
+        return "metadata is not a JSON object"
+    codec, vocab_size = meta.get("codec"), meta.get("vocab_size")
+    if codec == "char":
+        chars = meta.get("chars")
+        if not isinstance(chars, str) or not chars or len(set(chars)) != len(chars):
+            return "'chars' must be a non-empty string of distinct characters"
+        if vocab_size != len(chars):
+            return f"'vocab_size' must equal the number of characters ({len(chars)})"
+    elif codec == "tiktoken":
+        if not isinstance(meta.get("encoding"), str):
+            return "'encoding' must name a tiktoken encoding"
+        if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 1:
+            return "'vocab_size' must be a positive integer"
+    else:
+        return f"unknown codec {codec!r} (expected 'char' or 'tiktoken')"
+    return None
 
 
 def find_or_download(data_dir, filename, url, input_path=None, script="the prepare script"):
     """The path of a source text: --input if given, else data_dir/filename, downloaded there
     from url if missing. Says exactly what to do when none of these works."""
     if input_path:
+        if os.path.isdir(input_path):
+            raise UserError(f"--input {input_path} is a folder; give it a text file")
         if not os.path.isfile(input_path):
             raise UserError(f"input file not found: {input_path}")
         return Path(input_path)
@@ -208,7 +253,7 @@ class CharCodec:
         unknown = sorted(set(text) - self.index.keys())
         if unknown:
             raise UserError(f"text has characters outside the model's vocabulary: "
-                            f"{''.join(unknown)!r}; use only characters from its training text")
+                            f"{''.join(unknown)!r}; use only characters from its training text (a prompt is set with --start)")
         return [self.index[ch] for ch in text]
 
     def decode(self, ids):
@@ -224,7 +269,8 @@ class TiktokenCodec:
         try:
             self.encoding = tiktoken.get_encoding(encoding)
         except Exception as e:
-            raise UserError(f"cannot load the {encoding!r} BPE files ({e}); with no internet, set "
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+            raise UserError(f"cannot load the {encoding!r} BPE files ({reason}); with no internet, set "
                             f"TIKTOKEN_CACHE_DIR to a folder holding tiktoken's cached files") from None
         self.vocab_size = self.encoding.n_vocab
         self.eot_token = self.encoding.eot_token
@@ -237,11 +283,8 @@ class TiktokenCodec:
 
 
 def codec_from_meta(meta):
-    if meta.get("codec") == "char":
-        return CharCodec(meta["chars"])
-    if meta.get("codec") == "tiktoken":
-        return TiktokenCodec(meta["encoding"])
-    raise UserError(f"unknown codec in data metadata: {meta.get('codec')!r}")
+    """The codec that metadata checked by meta_problem names."""
+    return CharCodec(meta["chars"]) if meta["codec"] == "char" else TiktokenCodec(meta["encoding"])
 
 
 # ----------------------------------------------------------------------------- device and precision
@@ -327,7 +370,12 @@ def save_checkpoint(path, state, copies=()):
     """Write state to path, then give each path in copies the same bytes (a hard link where the
     file system allows, else a copy); every file is replaced atomically."""
     with atomic_write(path) as f:
-        torch.save(state, f)
+        try:
+            torch.save(state, f)
+        except RuntimeError as e:  # torch reports a failed write (a full disk) as a RuntimeError
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
     for copy in copies:
         tmp = Path(copy).with_name(f".{Path(copy).name}.link.tmp")
         tmp.unlink(missing_ok=True)

@@ -14,7 +14,7 @@ import numpy as np
 
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from prepare.common import CharCodec, UserError, find_or_download, run_cli, write_meta, write_tokens
+from prepare.common import CharCodec, UserError, find_or_download, run_cli, write_dataset
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
@@ -24,7 +24,7 @@ def prepare(out_dir="data/shakespeare_char", input_path=None, val_fraction=0.1):
     source = find_or_download(out_dir, "input.txt", URL, input_path,
                               script=f"prepare/shakespeare_char.py --out_dir {out_dir}")
     try:
-        text = source.read_text(encoding="utf-8")
+        text = source.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark is not a character of the text
     except UnicodeDecodeError as e:
         raise UserError(f"{source} is not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8") from None
     if not text:
@@ -34,9 +34,8 @@ def prepare(out_dir="data/shakespeare_char", input_path=None, val_fraction=0.1):
         raise UserError(f"{source} has {codec.vocab_size:,} distinct characters; at most 65,536 fit a token file")
     ids = np.array(codec.encode(text), dtype=np.uint16)
     split = int(len(ids) * (1 - val_fraction))
-    write_tokens(out_dir / "train.bin", ids[:split])
-    write_tokens(out_dir / "val.bin", ids[split:])
-    write_meta(out_dir, {"codec": "char", "vocab_size": codec.vocab_size, "chars": codec.chars})
+    write_dataset(out_dir, ids[:split], ids[split:],
+                  {"codec": "char", "vocab_size": codec.vocab_size, "chars": codec.chars})
     print(f"{source}: {len(text):,} characters, vocabulary of {codec.vocab_size}; "
           f"train {split:,} tokens, val {len(ids) - split:,} tokens -> {out_dir}")
 

@@ -137,8 +137,8 @@ def test_int_for_float_setting_becomes_float(tmp_path):
     config = load_settings(TrainConfig, ["--grad_clip=2", "--dropout=0"])
     assert config.grad_clip == 2.0 and type(config.grad_clip) is float
     assert config.dropout == 0.0 and type(config.dropout) is float
-    path = write_config(tmp_path / "cfg.py", "beta2 = 1\n")
-    assert type(load_settings(TrainConfig, [path]).beta2) is float
+    path = write_config(tmp_path / "cfg.py", "weight_decay = 1\n")
+    assert type(load_settings(TrainConfig, [path]).weight_decay) is float
     top_p = load_settings(SampleConfig, ["--top_p=1"]).top_p  # Optional[float]
     assert top_p == 1.0 and type(top_p) is float
 
@@ -155,8 +155,9 @@ def test_space_separated_values():
     assert config.num_samples == 3
     assert config.start == "FILE:p.txt"
     assert config.top_k == 5
-    # a negative number is a value, not a new option
-    assert load_settings(TrainConfig, ["--max_iters", "0", "--seed", "-3"]).seed == -3
+    # a negative number is a value, not a new option: it reaches the setting's own check
+    with pytest.raises(UserError, match=r"seed must be in \[0, 2\*\*32\), got -3"):
+        load_settings(TrainConfig, ["--max_iters", "0", "--seed", "-3"])
 
 
 def test_bare_flag_sets_a_bool():
