@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import urllib.error
@@ -225,6 +226,107 @@ def test_prompt_errors(trained, run_sample, tmp_path, capsys):
     with pytest.raises(SystemExit) as excinfo:
         run_sample("--start=")
     assert_one_error_line(capsys, excinfo, "prompt is empty")
+
+
+def test_prompt_file_errors(run_sample, tmp_path, capsys):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("caf\xe9".encode("latin-1"))
+    with pytest.raises(SystemExit) as excinfo:
+        run_sample("--start", f"FILE:{path}")
+    assert_one_error_line(capsys, excinfo, str(path), "not UTF-8", "save it as UTF-8")
+    with pytest.raises(SystemExit) as excinfo:
+        run_sample("--start=FILE:")
+    assert_one_error_line(capsys, excinfo, "FILE: needs a file's path")
+
+
+def test_checkpoint_setting_given_a_folder(trained, run_sample, capsys):
+    out_dir, _ = trained
+    with pytest.raises(SystemExit) as excinfo:
+        run_sample(f"--checkpoint={out_dir}")
+    assert_one_error_line(capsys, excinfo, "is a folder", f"--out_dir={out_dir}")
+
+
+def test_probs_file_is_replaced_only_when_sampling_ends(trained, run_sample, tmp_path, monkeypatch, capsys):
+    """Ctrl-C (or any failure) part-way leaves an earlier probs file as it was, and no temp file."""
+    path = tmp_path / "probs.jsonl"
+    path.write_text("an earlier run's data\n")
+    real, calls = sample.candidates, []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(sample, "candidates", interrupted)
+    with pytest.raises(SystemExit) as excinfo:
+        run_sample(f"--probs_file={path}")
+    assert excinfo.value.code == 130 and "Traceback" not in capsys.readouterr().err
+    assert path.read_text() == "an earlier run's data\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["probs.jsonl"]
+    monkeypatch.setattr(sample, "candidates", real)
+    run_sample(f"--probs_file={path}")
+    assert len(path.read_text().splitlines()) == NEW_TOKENS
+
+
+def test_probs_file_never_overwrites_what_sampling_reads(trained, run_sample, tmp_path, capsys):
+    out_dir, _ = trained
+    checkpoint = out_dir / "best.pt"
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text(TEXT[:20])
+    before = checkpoint.read_bytes()
+    for args in ([f"--checkpoint={checkpoint}", f"--probs_file={checkpoint}"],
+                 [f"--start=FILE:{prompt}", f"--probs_file={prompt}"]):
+        with pytest.raises(SystemExit) as excinfo:
+            run_sample(*args)
+        assert_one_error_line(capsys, excinfo, "is the file sampling reads", "choose another path")
+    assert checkpoint.read_bytes() == before and prompt.read_text() == TEXT[:20]
+
+
+@pytest.mark.parametrize("meta, fragment", [
+    (None, "not a JSON object"),
+    ({"codec": "char", "vocab_size": 3}, "'chars'"),
+    ({"codec": "char", "vocab_size": 4, "chars": "abca"}, "distinct"),
+    ({"codec": "char", "vocab_size": 9, "chars": "abc"}, "'vocab_size' must equal"),
+    ({"codec": "tiktoken", "vocab_size": 50257}, "'encoding'"),
+    ({"codec": "bytes", "vocab_size": 256}, "unknown codec 'bytes'"),
+    ("more characters than the model has", "a vocabulary of"),
+])
+def test_checkpoint_with_broken_metadata(trained, tmp_path, monkeypatch, capsys, meta, fragment):
+    out_dir, _ = trained
+    state = load_checkpoint(out_dir / "best.pt")
+    if meta == "more characters than the model has":
+        chars = state["meta"]["chars"] + "".join(chr(0x400 + i) for i in range(100))
+        meta = {"codec": "char", "vocab_size": len(chars), "chars": chars}
+    state["meta"] = meta
+    path = tmp_path / "broken.pt"
+    torch.save(state, path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as excinfo:
+        sample.main([f"--checkpoint={path}", "--device=cpu", "--max_new_tokens=3"])
+    assert_one_error_line(capsys, excinfo, str(path), "not a checkpoint of this project", fragment)
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "closed pipe"])
+def test_sample_script_ends_quietly(trained, how):
+    """Ctrl-C, or a reader that stops reading (| head), ends sample.py with the shell's usual
+    status and no traceback."""
+    out_dir, _ = trained
+    args = [sys.executable, "sample.py", f"--out_dir={out_dir}", "--max_new_tokens=100000", "--device=cpu",
+            "--dtype=float32"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    process.stdout.read(200)  # it is generating
+    if how == "ctrl-c":
+        process.send_signal(signal.SIGINT)
+    else:
+        process.stdout.close()
+    try:
+        code = process.wait(timeout=60)
+    finally:
+        process.kill()
+    assert code == (130 if how == "ctrl-c" else 141)
+    assert "Traceback" not in process.stderr.read().decode()
 
 
 def test_show_probs(run_sample):

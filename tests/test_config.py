@@ -273,6 +273,8 @@ def assert_one_error_line(capsys, excinfo, *fragments):
     (["--n_layers=3"], ["unknown setting 'n_layers'", "did you mean 'n_layer'"]),
     (["--batch_size=abc"], ["batch_size: expected int, got 'abc'", "--batch_size=abc"]),
     (["no_such_config.py"], ["no_such_config.py"]),
+    (["--out_dir"], ["--out_dir needs a value", "--out_dir=VALUE"]),  # not a folder named 'True'
+    (["--max_iters", "--eval_only"], ["--max_iters needs a value"]),
 ])
 def test_train_cli_bad_settings_exit_2(capsys, monkeypatch, tmp_path, argv, fragments):
     monkeypatch.chdir(tmp_path)
@@ -285,6 +287,9 @@ def test_train_cli_bad_settings_exit_2(capsys, monkeypatch, tmp_path, argv, frag
 @pytest.mark.parametrize("argv, fragments", [
     (["--temprature=0.5"], ["unknown setting 'temprature'", "did you mean 'temperature'"]),
     (["--num_samples", "many"], ["num_samples: expected int, got 'many'"]),
+    (["--stop"], ["--stop needs a value", "--stop=VALUE"]),
+    (["--start", "-- x"], ["--start needs a value", "--start=VALUE"]),  # the way to give it: --start="-- x"
+    (["--probs_file"], ["--probs_file needs a value"]),  # not a file named 'True'
 ])
 def test_sample_cli_bad_settings_exit_2(capsys, monkeypatch, tmp_path, argv, fragments):
     monkeypatch.chdir(tmp_path)
@@ -300,12 +305,23 @@ def test_sample_cli_bad_settings_exit_2(capsys, monkeypatch, tmp_path, argv, fra
     ("--max_iters=-1", ["max_iters", "-1"]),
     ("--init_from=x", ["init_from", "'x'"]),
     ("--lr_decay_iters=10", ["lr_decay_iters", "warmup_iters"]),
+    ("--grad_clip=-1", ["grad_clip must be >= 0", "0 turns clipping off"]),  # would reverse the gradient
+    ("--learning_rate=-1", ["learning_rate must be >= 0"]),
+    ("--min_lr=-1e-4", ["min_lr must be >= 0"]),
+    ("--weight_decay=-0.1", ["weight_decay must be >= 0"]),
+    ("--beta2=1.5", ["beta2 must be in [0, 1)", "1.5"]),
+    ("--beta1=-0.1", ["beta1 must be in [0, 1)"]),
+    ("--seed=-1", ["seed must be in [0, 2**32)", "-1"]),
+    ("--seed=4294967296", ["seed must be in [0, 2**32)"]),
+    ("--vocab_size=0", ["vocab_size must be at least 1"]),
+    ("--out_dir=", ["out_dir must name a folder"]),
 ])
 def test_train_config_validation_exit_2(capsys, monkeypatch, tmp_path, arg, fragments):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as excinfo:
         train.main([arg])
     assert_one_error_line(capsys, excinfo, *fragments)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_lr_decay_check_is_off_without_decay():
@@ -321,6 +337,8 @@ def test_lr_decay_check_is_off_without_decay():
     (["--num_samples=0"], ["num_samples"]),
     (["--max_new_tokens=-1"], ["max_new_tokens"]),
     (["--stop="], ["stop"]),
+    (["--seed=99999999999999999999999"], ["seed must be in [0, "]),
+    (["--seed=-1"], ["seed must be in [0, "]),
 ])
 def test_sample_config_validation_exit_2(capsys, monkeypatch, tmp_path, args, fragments):
     monkeypatch.chdir(tmp_path)

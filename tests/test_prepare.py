@@ -14,7 +14,7 @@ import pytest
 
 from prepare import shakespeare_char
 from prepare.common import (CharCodec, UserError, atomic_write, find_or_download, read_meta,
-                            read_tokens, write_tokens)
+                            read_tokens, run_cli, write_tokens)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_TIKTOKEN = ROOT.parent / "shared" / "data" / "tiktoken_cache"
@@ -93,6 +93,46 @@ def test_read_meta_missing(tmp_path):
         read_meta(tmp_path)
     assert str(tmp_path / "meta.json") in str(info.value)
     assert "prepare the data again" in str(info.value)
+
+
+@pytest.mark.parametrize("meta, fragment", [
+    ("[1, 2]", "not a JSON object"),
+    ('{"codec": "char", "vocab_size": 2}', "'chars'"),
+    ('{"codec": "char", "vocab_size": 5, "chars": "ab"}', "'vocab_size' must equal"),
+    ('{"codec": "tiktoken", "vocab_size": 50257}', "'encoding'"),
+    ('{"codec": "tiktoken", "vocab_size": "many", "encoding": "gpt2"}', "'vocab_size' must be a positive"),
+    ('{"vocab_size": 2}', "unknown codec None"),
+])
+def test_read_meta_says_what_is_wrong(tmp_path, meta, fragment):
+    (tmp_path / "meta.json").write_text(meta)
+    with pytest.raises(UserError) as info:
+        read_meta(tmp_path)
+    assert fragment in str(info.value) and "prepare the data again" in str(info.value)
+
+
+def test_prepare_into_a_place_it_cannot_write(tmp_path, capsys):
+    source = tmp_path / "input.txt"
+    source.write_text("hello there\n" * 20)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit) as info:
+        run_cli(shakespeare_char.main, ["--input", str(source), "--out_dir", str(blocker / "data")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "cannot write the prepared data" in err and "--out_dir" in err
+    assert blocker.read_text() == "not a folder"
+
+
+def test_input_that_is_a_folder(tmp_path, no_internet):
+    with pytest.raises(UserError, match="is a folder; give it a text file"):
+        find_or_download(tmp_path, "input.txt", "https://example.invalid/x", str(tmp_path))
+
+
+def test_byte_order_mark_is_not_a_character(tmp_path):
+    source = tmp_path / "input.txt"
+    source.write_bytes(("\ufeff" + "abc\r\nab\r\n" * 10).encode("utf-8"))  # as Windows Notepad saves it
+    shakespeare_char.prepare(tmp_path / "data", str(source))
+    assert read_meta(tmp_path / "data")["chars"] == "\nabc"
 
 
 # ----------------------------------------------------------------------------- token files

@@ -3,6 +3,7 @@ generate/generate_stream, and sample.py's Sample (stop strings, end-of-text)."""
 
 import dataclasses
 import io
+import json
 import math
 
 import pytest
@@ -73,6 +74,23 @@ def test_lower_temperature_is_sharper():
     cold = sampling_probs(logits, temperature=0.5)
     hot = sampling_probs(logits, temperature=2.0)
     assert cold[0, 2] > sampling_probs(logits)[0, 2] > hot[0, 2]
+
+
+@pytest.mark.parametrize("temperature", [1e-45, 1e-30, 1e-8])
+def test_tiny_temperature_puts_all_mass_on_the_best_token(temperature):
+    """Logits divided by a tiny temperature overflow to inf; the result must still be a
+    distribution (a tie at the top shares the mass), never nan."""
+    logits = torch.tensor([[1.0, 3.0, 2.0, float("-inf")], [5.0, 5.0, -1.0, 0.0]])
+    probs = sampling_probs(logits, temperature=temperature)
+    torch.testing.assert_close(probs, torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0]]))
+    token = torch.multinomial(probs, 1)  # what generate does with it: no error
+    assert token[0, 0] == 1
+
+
+def test_huge_temperature_is_uniform_over_real_tokens():
+    logits = torch.tensor([[1.0, 3.0, 2.0, float("-inf")]])  # the last: a padding row
+    probs = sampling_probs(logits, temperature=1e30)
+    torch.testing.assert_close(probs, torch.tensor([[1 / 3, 1 / 3, 1 / 3, 0.0]]))
 
 
 def test_low_precision_logits_give_float32_probs():
@@ -204,6 +222,9 @@ def test_top_k_is_applied_before_top_p():
     (dict(top_p=-0.5), "top_p"),
     (dict(top_p=1.01), "top_p"),
     (dict(top_p=2), "top_p"),
+    (dict(top_p=float("nan")), "top_p"),
+    (dict(temperature=float("inf")), "temperature"),
+    (dict(temperature=float("nan")), "temperature"),
 ])
 def test_check_sampling_rejects_bad_settings(kwargs, field):
     settings = dict(temperature=1.0, top_k=None, top_p=None)
@@ -226,6 +247,18 @@ def test_generate_rejects_bad_settings(tiny_config):
         model.generate(idx, 5, top_p=1.5)
     with pytest.raises(ValueError, match="temperature"):
         next(model.generate_stream(idx, 5, temperature=-1))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m: m.generate(torch.zeros(3, dtype=torch.long), 5), r"shape \(batch, length >= 1\), got shape \(3,\)"),
+    (lambda m: m.generate(torch.zeros(1, 0, dtype=torch.long), 5), r"got shape \(1, 0\)"),
+    (lambda m: m.generate(torch.zeros(2, 3, dtype=torch.long), 5, generators=[torch.Generator()]),
+     "one generator per row of idx: got 1 for 2 rows"),
+    (lambda m: m.generate(torch.zeros(1, 3, dtype=torch.long), -1), "max_new_tokens must be >= 0, got -1"),
+])
+def test_generate_says_what_is_wrong_with_its_arguments(tiny_config, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(random_model(tiny_config))
 
 
 # ----------------------------------------------------------------------------- KV cache
@@ -582,6 +615,83 @@ def test_char_codec_has_no_end_of_text_by_default():
     feed(s, codec, "|")
     assert not s.done
     assert s.text() == "|"
+
+
+class ByteCodec:
+    """A byte-level codec like GPT-2's BPE at its finest: one token per UTF-8 byte, so one
+    character can take several tokens. It records the longest list it was asked to decode."""
+
+    vocab_size, eot_token = 256, None
+
+    def __init__(self):
+        self.longest = 0
+
+    def encode(self, text):
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids):
+        self.longest = max(self.longest, len(ids))
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+@pytest.mark.parametrize("stop", [None, "STOP", "🎉", "本語", "é w"])
+def test_multi_token_characters_are_held_back_until_whole(stop):
+    text = "héllo wörld 日本語 🎉🎉 end STOP more"
+    codec = ByteCodec()
+    s = Sample(codec, stop)
+    shown = [s.unshown() for token in codec.encode(text) if s.add(token) or True]
+    assert all("\ufffd" not in piece for piece in shown)  # no half character is ever printed
+    s.done = True
+    shown.append(s.unshown())
+    assert "".join(shown) == s.text() == (text.split(stop)[0] if stop else text)
+
+
+def test_a_character_cut_off_by_the_end_shows_as_replacement():
+    codec = ByteCodec()
+    s = Sample(codec, None)
+    for token in "ab🎉".encode("utf-8")[:-1]:  # the last byte never comes
+        s.add(token)
+    assert s.unshown() == "ab"
+    s.done = True
+    assert s.unshown() == "\ufffd" and s.text() == "ab\ufffd"
+
+
+def test_each_token_is_decoded_on_its_own():
+    """The cost of a token does not grow with the sample: only the new token (with the bytes
+    of an unfinished character) is decoded, never the whole text so far."""
+    codec = ByteCodec()
+    s = Sample(codec, "never")
+    text = "日本語のテキスト " * 200  # 5,000 bytes
+    for token in codec.encode(text):
+        s.add(token)
+        s.unshown()
+    assert s.text() == text and codec.longest <= 3  # a CJK character is 3 bytes
+
+
+def test_show_probs_never_offers_a_padding_row(tmp_path):
+    """A model whose vocabulary is padded past the codec's: candidates come from real tokens
+    only, even when more are asked for than there are."""
+    chars = "\nabcdefgh"
+    config = GPTConfig(block_size=16, vocab_size=16, n_layer=1, n_head=2, n_embd=16)
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"model": random_model(config, seed=3).state_dict(), "model_config": dataclasses.asdict(config),
+                           "train_config": {}, "iter_num": 0, "best_val_loss": math.inf,
+                           "meta": {"codec": "char", "vocab_size": len(chars), "chars": chars}})
+    probs_file = tmp_path / "probs.jsonl"
+    _, out = run_sample(path, start="a", max_new_tokens=5, show_probs=50, probs_file=str(probs_file))
+    rows = [json.loads(line) for line in probs_file.read_text().splitlines()]
+    assert len(rows) == 5
+    for row in rows:
+        assert sorted(c["token"] for c in row["candidates"]) == list(range(len(chars)))
+        assert sum(c["prob"] for c in row["candidates"]) == pytest.approx(1, abs=1e-5)
+
+
+def test_show_probs_labels_a_part_of_a_character_by_its_id():
+    codec = ByteCodec()
+    rows, drawn = sample_cli.candidates(torch.tensor([0.0] * 97 + [0.5] + [0.0] * 129 + [0.5] + [0.0] * 28), 227,
+                                        2, codec)  # 97 is 'a'; 227 (0xe3) starts a 3-byte character
+    line = sample_cli.format_candidates(0, rows, drawn)
+    assert "#227" in line and "'a'" in line and "\ufffd" not in line
 
 
 # ----------------------------------------------------------------------------- sample.py end to end
