@@ -18,8 +18,8 @@ from typing import Optional
 import torch
 
 from model import GPT, GPTConfig, check_sampling, sampling_probs
-from prepare.common import (UserError, atomic_write, autocast_context, codec_from_meta, load_checkpoint, load_settings,
-                            meta_problem, resolve_device, resolve_dtype, run_cli)
+from prepare.common import (UserError, atomic_write, autocast_context, codec_from_meta, load_checkpoint,
+                            load_settings, meta_problem, resolve_device, resolve_dtype, run_cli)
 
 
 @dataclass

@@ -252,8 +252,8 @@ class CharCodec:
     def encode(self, text):
         unknown = sorted(set(text) - self.index.keys())
         if unknown:
-            raise UserError(f"text has characters outside the model's vocabulary: "
-                            f"{''.join(unknown)!r}; use only characters from its training text (a prompt is set with --start)")
+            raise UserError(f"text has characters outside the model's vocabulary: {''.join(unknown)!r}; "
+                            f"use only characters from its training text (a prompt is set with --start)")
         return [self.index[ch] for ch in text]
 
     def decode(self, ids):

@@ -674,7 +674,8 @@ def test_show_probs_never_offers_a_padding_row(tmp_path):
     chars = "\nabcdefgh"
     config = GPTConfig(block_size=16, vocab_size=16, n_layer=1, n_head=2, n_embd=16)
     path = tmp_path / "ckpt.pt"
-    save_checkpoint(path, {"model": random_model(config, seed=3).state_dict(), "model_config": dataclasses.asdict(config),
+    model = random_model(config, seed=3)
+    save_checkpoint(path, {"model": model.state_dict(), "model_config": dataclasses.asdict(config),
                            "train_config": {}, "iter_num": 0, "best_val_loss": math.inf,
                            "meta": {"codec": "char", "vocab_size": len(chars), "chars": chars}})
     probs_file = tmp_path / "probs.jsonl"
