@@ -42,7 +42,7 @@ class SampleConfig:
 
     def __post_init__(self):
         # A shell passes "\n" as a backslash and an n: read \n, \t and \\ as escapes in prompt and stop.
-        self.start = unescape(self.start) if not self.start.startswith("FILE:") else self.start
+        self.start = unescape(self.start) if prompt_file(self.start) is None else self.start
         self.stop = unescape(self.stop) if self.stop else self.stop
         check_sampling(self.temperature, self.top_k, self.top_p)
         if self.num_samples < 1 or self.max_new_tokens < 0 or self.show_probs < 0:
@@ -74,9 +74,14 @@ def load_model(path, device):
     return model.to(device).eval(), codec
 
 
+def prompt_file(start):
+    """The file --start=FILE:path names, or None for a prompt given as text."""
+    return start[len("FILE:"):] if start.startswith("FILE:") else None
+
+
 def read_prompt(start, codec):
-    if start.startswith("FILE:"):
-        path = start[5:]
+    path = prompt_file(start)
+    if path is not None:
         if not path:
             raise UserError("--start=FILE: needs a file's path after FILE:")
         try:
@@ -187,7 +192,7 @@ def sample(config, out=None):
     steps = model.generate_stream(idx, config.max_new_tokens, config.temperature, config.top_k, config.top_p,
                                   generators, config.use_cache, vocab_limit=codec.vocab_size)
     with ExitStack() as stack:
-        keep = [path] + ([Path(config.start[5:])] if config.start.startswith("FILE:") else [])
+        keep = [path] + ([Path(prompt_file(config.start))] if prompt_file(config.start) else [])
         probs_file = open_probs_file(config.probs_file, stack, keep) if config.probs_file else None
         stack.enter_context(autocast_context(device, dtype))
         if stream:
