@@ -2,8 +2,8 @@
 
 A GPT reads a sequence of token ids and, at every position, predicts a distribution over
 the next token. Reading top to bottom: the configuration, the cache that makes sampling
-fast, the three parts of a transformer block (attention, MLP, the block itself), the model,
-and the sampling filters.
+fast, the three parts of a transformer block (attention, MLP, the block itself), and the
+model. How a next token is drawn from its scores (temperature, top-k, top-p) is sample.py's.
 """
 
 import inspect
@@ -160,7 +160,10 @@ class GPT(nn.Module):
         if config.pos_encoding == "learned":
             self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
         else:  # not a parameter and not saved: it is the same function of the config every time
-            self.register_buffer("pos_table", sinusoidal_positions(config.block_size, config.n_embd), persistent=False)
+            # sin and cos have RMS 1/sqrt(2), far above the token embeddings' 0.02: scaled to
+            # RMS 0.02, the position no longer drowns the token after the first LayerNorm.
+            table = sinusoidal_positions(config.block_size, config.n_embd) * 0.02 * math.sqrt(2)
+            self.register_buffer("pos_table", table, persistent=False)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # Tied unembedding: the output projection IS the token embedding (one tensor).
         self.transformer.wte.weight = self.lm_head.weight
@@ -233,25 +236,20 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
 
     @torch.no_grad()
-    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                        generators=None, use_cache=True, vocab_limit=None):
-        """Yield (token (B,), logits (B, vocab_size)) for each new token after idx (B, T): the
-        token was drawn from sampling_probs(logits, temperature, top_k, top_p).
+    def generate_stream(self, idx, max_new_tokens, choose=None, use_cache=True):
+        """Yield (token (B,), logits (B, vocab_size)) for each new token after idx (B, T).
 
-        generators: one torch.Generator per row, so row i draws the same tokens whether it is
-        sampled alone or in a batch. With use_cache=False every step recomputes the whole window.
-        vocab_limit: draw only ids below it (the rows that pad a vocabulary are no tokens).
+        choose(logits) -> tokens (B,) picks each next token from the last position's logits
+        (float32); None takes the most likely one. sample.py's TokenSampler draws with a
+        temperature, top-k and top-p. With use_cache=False every step recomputes the window.
 
         Past block_size, the model reads the last block_size tokens, at positions 0..block_size-1.
         Sliding that window shifts every token's position, so no cached key or value stays valid:
         from then on each step re-reads the whole window without the cache, exactly as a full
         recompute does (and at its cost).
         """
-        check_sampling(temperature, top_k, top_p)
         if idx.dim() != 2 or idx.size(1) == 0:
             raise ValueError(f"idx must be token ids of shape (batch, length >= 1), got shape {tuple(idx.shape)}")
-        if generators is not None and len(generators) != idx.size(0):
-            raise ValueError(f"need one generator per row of idx: got {len(generators)} for {idx.size(0)} rows")
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         was_training = self.training
@@ -266,13 +264,7 @@ class GPT(nn.Module):
                 else:
                     logits, _ = self(sequence[:, -block_size:], only_last=True)
                 logits = logits[:, -1, :].float()
-                if vocab_limit is not None:
-                    logits[:, vocab_limit:] = float("-inf")
-                probs = sampling_probs(logits, temperature, top_k, top_p)
-                if generators is None:
-                    token = torch.multinomial(probs, 1).squeeze(1)
-                else:
-                    token = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])
+                token = logits.argmax(dim=-1) if choose is None else choose(logits)
                 sequence = torch.cat((sequence, token[:, None]), dim=1)
                 unread = token[:, None]
                 yield token, logits
@@ -280,47 +272,7 @@ class GPT(nn.Module):
             self.train(was_training)
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                 generators=None, use_cache=True, vocab_limit=None):
-        """idx (B, T) -> (B, T + max_new_tokens): the prompt followed by the sampled tokens."""
-        new = [token for token, _ in self.generate_stream(
-            idx, max_new_tokens, temperature, top_k, top_p, generators, use_cache, vocab_limit)]
-        return torch.cat([idx] + [token[:, None] for token in new], dim=1)
-
-
-def check_sampling(temperature, top_k, top_p):
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"temperature must be a finite number >= 0 (0 is greedy), got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be at least 1 (or None for no cut), got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] (or None for no cut), got {top_p}")
-
-
-def sampling_probs(logits, temperature=1.0, top_k=None, top_p=None):
-    """The distribution the next token is drawn from: logits (B, V) -> probabilities (B, V).
-
-    Applied in this order: temperature divides the logits (0 means greedy: all mass on the
-    argmax); top-k keeps the k largest; top-p keeps the smallest set of most likely tokens
-    whose probabilities sum to at least p. A token tied with the last one kept is kept too,
-    so the result never depends on how ties happen to be sorted.
-    """
-    check_sampling(temperature, top_k, top_p)
-    logits = logits.float()
-    if temperature == 0:
-        return F.one_hot(logits.argmax(dim=-1), logits.size(-1)).float()
-    # Shift the best logit to 0 first: then even a tiny temperature gives 0 and -inf, never inf - inf.
-    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, [-1]]
-        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
-    probs = F.softmax(logits, dim=-1)
-    if top_p is not None and top_p < 1:
-        sorted_probs = probs.sort(dim=-1, descending=True).values
-        # Tokens before the first place where the running sum reaches top_p (1e-6 absorbs float
-        # rounding, so 0.5 + 0.3 reaches 0.8), plus that one: its probability is the cut.
-        before = ((sorted_probs.cumsum(dim=-1) < top_p - 1e-6).sum(dim=-1, keepdim=True))
-        cut = sorted_probs.gather(-1, before.clamp(max=probs.size(-1) - 1))
-        probs = probs.masked_fill(probs < cut, 0.0)
-        probs = probs / probs.sum(dim=-1, keepdim=True)
-    return probs
+    def generate(self, idx, max_new_tokens, choose=None, use_cache=True):
+        """idx (B, T) -> (B, T + max_new_tokens): the prompt followed by the chosen tokens."""
+        new = [token[:, None] for token, _ in self.generate_stream(idx, max_new_tokens, choose, use_cache)]
+        return torch.cat([idx] + new, dim=1)

@@ -8,6 +8,7 @@ Settings: the defaults below, then config files, then --key=value (or --key valu
 """
 
 import json
+import math
 import re
 import sys
 from contextlib import ExitStack
@@ -16,10 +17,13 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from torch.nn import functional as F
 
-from model import GPT, GPTConfig, check_sampling, sampling_probs
-from prepare.common import (UserError, atomic_write, autocast_context, codec_from_meta, load_checkpoint,
-                            load_settings, meta_problem, resolve_device, resolve_dtype, run_cli)
+from checkpoint import atomic_write, load_checkpoint
+from hardware import autocast_context, resolve_device, resolve_dtype
+from model import GPT, GPTConfig
+from prepare.tokens import codec_from_meta, meta_problem
+from settings import UserError, load_settings, run_cli
 
 
 @dataclass
@@ -51,6 +55,77 @@ class SampleConfig:
             raise ValueError("stop must be a non-empty string (or unset)")
         if not 0 <= self.seed <= 2**63 - self.num_samples:  # sample i uses seed + i, a 64-bit seed
             raise ValueError(f"seed must be in [0, {2**63 - self.num_samples}], got {self.seed}")
+
+
+def check_sampling(temperature, top_k, top_p):
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 is greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be at least 1 (or None for no cut), got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (or None for no cut), got {top_p}")
+
+
+def sampling_probs(logits, temperature=1.0, top_k=None, top_p=None):
+    """The distribution the next token is drawn from: logits (B, V) -> probabilities (B, V).
+
+    Applied in this order: temperature divides the logits (0 means greedy: all mass on the
+    argmax); top-k keeps the k largest; top-p keeps the smallest set of most likely tokens
+    whose probabilities sum to at least p. A token tied with the last one kept is kept too,
+    so the result never depends on how ties happen to be sorted.
+    """
+    check_sampling(temperature, top_k, top_p)
+    return _filtered_probs(logits, temperature, top_k, top_p)
+
+
+def _filtered_probs(logits, temperature, top_k, top_p):
+    """sampling_probs for settings already checked."""
+    logits = logits.float()
+    if temperature == 0:
+        return F.one_hot(logits.argmax(dim=-1), logits.size(-1)).float()
+    # Shift the best logit to 0 first: then even a tiny temperature gives 0 and -inf, never inf - inf.
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1:
+        sorted_probs = probs.sort(dim=-1, descending=True).values
+        # Tokens before the first place where the running sum reaches top_p (1e-6 absorbs float
+        # rounding, so 0.5 + 0.3 reaches 0.8), plus that one: its probability is the cut.
+        before = ((sorted_probs.cumsum(dim=-1) < top_p - 1e-6).sum(dim=-1, keepdim=True))
+        cut = sorted_probs.gather(-1, before.clamp(max=probs.size(-1) - 1))
+        probs = probs.masked_fill(probs < cut, 0.0)
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+    return probs
+
+
+class TokenSampler:
+    """Draws each next token from sampling_probs of the model's logits: pass it to
+    model.generate(idx, n, TokenSampler(temperature=0.8, top_k=50)).
+
+    generators: one torch.Generator per row, so row i draws the same tokens whether it is
+    sampled alone or in a batch. vocab_limit: draw only ids below it (the rows that pad a
+    vocabulary are no tokens). The settings are checked once, here, not at every token.
+    """
+
+    def __init__(self, temperature=1.0, top_k=None, top_p=None, generators=None, vocab_limit=None):
+        check_sampling(temperature, top_k, top_p)
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.generators, self.vocab_limit = generators, vocab_limit
+
+    def __call__(self, logits):
+        """logits (B, V) -> tokens (B,)"""
+        if self.generators is not None and len(self.generators) != logits.size(0):
+            raise ValueError(f"need one generator per row of idx: got {len(self.generators)} "
+                             f"for {logits.size(0)} rows")
+        if self.vocab_limit is not None:
+            logits = logits.clone()
+            logits[:, self.vocab_limit:] = float("-inf")
+        probs = _filtered_probs(logits, self.temperature, self.top_k, self.top_p)
+        if self.generators is None:
+            return torch.multinomial(probs, 1).squeeze(1)
+        return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators)])
 
 
 def unescape(text):
@@ -189,8 +264,8 @@ def sample(config, out=None):
     stream = config.num_samples == 1 and not config.show_probs  # print text as it comes
     count = config.show_probs or 10
     table = [[] for _ in samples]
-    steps = model.generate_stream(idx, config.max_new_tokens, config.temperature, config.top_k, config.top_p,
-                                  generators, config.use_cache, vocab_limit=codec.vocab_size)
+    choose = TokenSampler(config.temperature, config.top_k, config.top_p, generators, vocab_limit=codec.vocab_size)
+    steps = model.generate_stream(idx, config.max_new_tokens, choose, config.use_cache)
     with ExitStack() as stack:
         keep = [path] + ([Path(prompt_file(config.start))] if prompt_file(config.start) else [])
         probs_file = open_probs_file(config.probs_file, stack, keep) if config.probs_file else None
@@ -203,7 +278,7 @@ def sample(config, out=None):
         for step, (tokens, logits) in enumerate(steps):
             # --show_probs shows probabilities after temperature, before top-k and top-p (greedy: at 1)
             if config.show_probs or probs_file:
-                probs = sampling_probs(logits, config.temperature or 1.0)[:, :codec.vocab_size]
+                probs = sampling_probs(logits[:, :codec.vocab_size], config.temperature or 1.0)
             for i, (s, token) in enumerate(zip(samples, tokens.tolist())):
                 if s.done:
                     continue

@@ -16,16 +16,18 @@ import random
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
+from checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from hardware import autocast_context, resolve_device, resolve_dtype
 from model import GPT, GPTConfig
-from prepare.common import (UserError, atomic_write, autocast_context, load_checkpoint, load_settings,
-                            read_meta, read_tokens, resolve_device, resolve_dtype, run_cli, save_checkpoint)
+from prepare.tokens import read_meta, read_tokens
+from settings import UserError, load_settings, run_cli
 
 
 @dataclass
@@ -37,7 +39,7 @@ class TrainConfig:
     eval_iters: int = 200  # batches per loss estimate
     eval_only: bool = False  # evaluate once and exit
     always_save_checkpoint: bool = True  # write ckpt.pt at every evaluation, not only when val improves
-    init_from: str = "scratch"  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+    init_from: str = "scratch"  # 'scratch' or 'resume' (from out_dir/ckpt.pt, whose model shape it keeps)
     seed: int = 1337  # fixes the initial weights, the batches and dropout
     # logging to Weights & Biases
     wandb_log: bool = False
@@ -49,7 +51,7 @@ class TrainConfig:
     gradient_accumulation_steps: int = 40  # micro-batches per optimizer step
     batch_size: int = 12  # sequences per micro-batch
     block_size: int = 1024  # context length in tokens
-    # model (see GPTConfig in model.py)
+    # model: every field of GPTConfig (model.py), which the model is built from
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
@@ -107,9 +109,40 @@ class TrainConfig:
                              f"warmup_iters ({self.warmup_iters})")
 
     def model_config(self, vocab_size):
-        return GPTConfig(block_size=self.block_size, vocab_size=vocab_size, n_layer=self.n_layer,
-                         n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout, bias=self.bias,
-                         pos_encoding=self.pos_encoding, activation=self.activation)
+        """The GPTConfig these settings describe: each of its fields is a setting here."""
+        return GPTConfig(**{**{name: getattr(self, name) for name in MODEL_SETTINGS}, "vocab_size": vocab_size})
+
+
+MODEL_SETTINGS = [f.name for f in fields(GPTConfig)]
+SHAPE_SETTINGS = [name for name in MODEL_SETTINGS if name != "dropout"]  # fixed by a checkpoint's weights
+
+
+def given_settings(config):
+    """The settings a user gave in a config file or on the command line (load_settings records
+    them); for a TrainConfig made in code, those that differ from the defaults."""
+    if hasattr(config, "explicit"):
+        return config.explicit
+    defaults = TrainConfig()
+    return {f.name for f in fields(config) if getattr(config, f.name) != getattr(defaults, f.name)}
+
+
+def settings_for_resume(config, state, path):
+    """config with the model shape of the checkpoint `state` (as nanoGPT resumes: the config
+    file may be left out); a shape setting the user gave that differs is a mistake."""
+    saved = state["model_config"]
+    given = given_settings(config)
+    differ = [f"{k}={saved.get(k)!r} (settings: {getattr(config, k)!r})" for k in SHAPE_SETTINGS
+              if k in given and saved.get(k) != getattr(config, k)]
+    if differ:
+        raise UserError(f"{path} holds a different model: {', '.join(differ)}; leave the model settings "
+                        f"out to take the checkpoint's, or start a new out_dir")
+    try:
+        resumed = replace(config, **{k: saved[k] for k in SHAPE_SETTINGS})
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path} is not a checkpoint of this project (model_config: {e}); "
+                        f"use one written by train.py") from None
+    resumed.explicit = given
+    return resumed
 
 
 class BatchSampler:
@@ -151,14 +184,14 @@ def ensure_data(config):
     data_dir = Path(config.data_dir) / config.dataset
     if all((data_dir / name).is_file() for name in ("train.bin", "val.bin", "meta.json")):
         return data_dir
-    script = config.dataset.isidentifier() and config.dataset != "common" and \
-        importlib.util.find_spec(f"prepare.{config.dataset}")
-    if not script:
+    script = config.dataset.isidentifier() and importlib.util.find_spec(f"prepare.{config.dataset}")
+    module = script and importlib.import_module(f"prepare.{config.dataset}")
+    if not callable(getattr(module, "prepare", None)):  # prepare/tokens.py and the like make no data set
         raise UserError(f"no prepared data in {data_dir} (train.bin, val.bin, meta.json) and no "
                         f"prepare/{config.dataset}.py to make it; for your own text run "
                         f"python prepare/shakespeare_char.py --input YOUR.txt --out_dir {data_dir}")
     print(f"{data_dir} has no prepared data: running prepare/{config.dataset}.py")
-    importlib.import_module(f"prepare.{config.dataset}").prepare(data_dir)
+    module.prepare(data_dir)
     return data_dir
 
 
@@ -172,6 +205,12 @@ def get_lr(config, it):
         return config.min_lr
     progress = (it - config.warmup_iters) / (config.lr_decay_iters - config.warmup_iters)
     return config.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.learning_rate - config.min_lr)
+
+
+def seed_everything(seed):
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
 
 
 def rng_states():
@@ -191,84 +230,67 @@ def set_rng_states(states):
     random.setstate(states["python"])
 
 
-def checkpoint_state(run):
-    """Everything the rest of a run depends on: the one definition of a checkpoint's contents."""
-    return {
-        "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "scaler": run.scaler.state_dict(),
-        "sampler": run.sampler.state_dict(),
-        "rng": rng_states(),
-        "model_config": asdict(run.model.config),
-        "train_config": asdict(run.config),
-        "meta": run.meta,
-        "iter_num": run.iter_num,
-        "best_val_loss": run.best_val_loss,
-        "last_eval_iter": run.last_eval_iter,
-        "metrics_lines": run.metrics.lines,  # metrics.jsonl as of this checkpoint, for a resume to continue
-    }
-
-
-MODEL_KEYS = [f.name for f in fields(GPTConfig) if f.name != "dropout"]  # what a resumed run must keep
-
-
-class Run:
-    """The state of one training run; train() drives it."""
+class Trainer:
+    """One training run. __init__ builds it from the settings (and, to resume, from
+    out_dir/ckpt.pt); train() runs the loop: evaluate when due, stop when asked or done,
+    else take one optimizer step. Every other method is one part of that loop."""
 
     def __init__(self, config):
-        self.config = config
         self.out_dir = Path(config.out_dir)
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.device_type = self.device.split(":")[0]
-        torch.manual_seed(config.seed)
-        random.seed(config.seed)
-        np.random.seed(config.seed)
+        saved = self.read_checkpoint(config) if config.init_from == "resume" else None
+        if saved:
+            config = settings_for_resume(config, saved, self.out_dir / "ckpt.pt")
+        self.config = config
+        seed_everything(config.seed)
 
         data_dir = ensure_data(config)
         self.meta = read_meta(data_dir)
         self.sampler = BatchSampler(data_dir, config.block_size, config.batch_size, config.seed)
-        vocab_size = config.vocab_size or self.meta["vocab_size"]
-        if config.vocab_size is None and self.meta["codec"] != "char":
-            vocab_size = -(-vocab_size // 64) * 64  # a multiple of 64 runs faster; the extra rows go unused
-        if vocab_size < self.meta["vocab_size"]:
-            raise UserError(f"vocab_size={vocab_size} is smaller than the data's vocabulary "
-                            f"({self.meta['vocab_size']}); raise it or leave it unset")
-        self.model = GPT(config.model_config(vocab_size)).to(self.device)
+        self.model = GPT(config.model_config(self.vocab_size(saved))).to(self.device)
         self.optimizer = self.model.configure_optimizers(
             config.weight_decay, config.learning_rate, (config.beta1, config.beta2), self.device_type)
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype == "float16")
-        self.iter_num, self.best_val_loss, self.last_eval_iter, metrics_lines = 0, float("inf"), -1, 0
-        if config.init_from == "resume":
-            metrics_lines = self.resume()
+        self.iter_num, self.best_val_loss, self.last_eval_iter = 0, float("inf"), -1
+        if saved:
+            self.load_state(saved)
         elif (self.out_dir / "ckpt.pt").exists() and not config.eval_only:
             raise UserError(f"{self.out_dir} already holds a run (ckpt.pt); continue it with --init_from=resume, "
                             f"or choose another out_dir (or delete that one) to start afresh")
         self.step_model = torch.compile(self.model) if config.compile else self.model
         self.autocast = autocast_context(self.device, self.dtype)
-        # Only now, with every setting checked, touch what is on disk.
-        try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"cannot create out_dir {self.out_dir}: {e.strerror}; choose another out_dir") from None
-        if not os.access(self.out_dir, os.W_OK):
-            raise UserError(f"cannot write to out_dir {self.out_dir}; choose another out_dir")
-        for name in ("ckpt.pt", "best.pt", "metrics.jsonl"):  # temp files left by a save killed part-way
-            for unfinished in self.out_dir.glob(f".{name}.*tmp"):
-                unfinished.unlink()
-        self.metrics = Metrics(None if config.eval_only else self.out_dir / "metrics.jsonl", metrics_lines)
+        self.metrics = self.open_out_dir(saved["metrics_lines"] if saved else 0)
 
-    def resume(self):
+    def read_checkpoint(self, config):
         path = self.out_dir / "ckpt.pt"
         if not path.is_file():
             raise UserError(f"init_from=resume but there is no checkpoint at {path}; "
                             f"start with --init_from=scratch or set out_dir to the run to resume")
-        state = load_checkpoint(path, self.device)
-        saved, wanted = state["model_config"], asdict(self.model.config)
-        differ = [f"{k}={saved.get(k)!r} (settings: {wanted[k]!r})" for k in MODEL_KEYS if saved.get(k) != wanted[k]]
-        if differ:
-            raise UserError(f"{path} holds a different model: {', '.join(differ)}; "
-                            f"resume with the settings it was trained with")
+        return load_checkpoint(path, self.device)
+
+    def vocab_size(self, saved):
+        """The model's vocabulary: a resumed checkpoint's, the setting, or the data's."""
+        data_vocab, config = self.meta["vocab_size"], self.config
+        if saved:
+            vocab_size = saved["model_config"]["vocab_size"]
+            if "vocab_size" in given_settings(config) and config.vocab_size != vocab_size:
+                raise UserError(f"{self.out_dir / 'ckpt.pt'} holds a different model: vocab_size={vocab_size!r} "
+                                f"(settings: {config.vocab_size!r}); leave the model settings out to take "
+                                f"the checkpoint's, or start a new out_dir")
+        elif config.vocab_size is not None:
+            vocab_size = config.vocab_size
+        else:  # BPE padded to a multiple of 64 runs faster; the extra rows go unused
+            vocab_size = data_vocab if self.meta["codec"] == "char" else -(-data_vocab // 64) * 64
+        if vocab_size < data_vocab:
+            raise UserError(f"vocab_size={vocab_size} is smaller than the data's vocabulary "
+                            f"({data_vocab}); raise it or leave it unset")
+        return vocab_size
+
+    def load_state(self, state):
+        """Continue the run a checkpoint was saved from, exactly."""
+        path = self.out_dir / "ckpt.pt"
         if state["meta"] != self.meta:
             raise UserError(f"{path} was trained on other data (another vocabulary) than {self.config.dataset}; "
                             f"resume with the data it was trained on, or start a new out_dir")
@@ -281,7 +303,36 @@ class Run:
         self.iter_num, self.best_val_loss = state["iter_num"], state["best_val_loss"]
         self.last_eval_iter = state["last_eval_iter"]
         print(f"resuming from {path} at iteration {self.iter_num}")
-        return state["metrics_lines"]
+
+    def open_out_dir(self, metrics_lines):
+        """Only now, with every setting checked, touch what is on disk."""
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create out_dir {self.out_dir}: {e.strerror}; choose another out_dir") from None
+        if not os.access(self.out_dir, os.W_OK):
+            raise UserError(f"cannot write to out_dir {self.out_dir}; choose another out_dir")
+        for name in ("ckpt.pt", "best.pt", "metrics.jsonl"):  # temp files left by a save killed part-way
+            for unfinished in self.out_dir.glob(f".{name}.*tmp"):
+                unfinished.unlink()
+        return Metrics(None if self.config.eval_only else self.out_dir / "metrics.jsonl", metrics_lines)
+
+    def state_dict(self):
+        """Everything the rest of a run depends on: the one definition of a checkpoint's contents."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": rng_states(),
+            "model_config": asdict(self.model.config),
+            "train_config": asdict(self.config),
+            "meta": self.meta,
+            "iter_num": self.iter_num,
+            "best_val_loss": self.best_val_loss,
+            "last_eval_iter": self.last_eval_iter,
+            "metrics_lines": self.metrics.lines,  # metrics.jsonl as of this checkpoint, for a resume to continue
+        }
 
     def to_device(self, x, y):
         if self.device_type == "cuda":
@@ -303,9 +354,26 @@ class Run:
         self.last_eval_iter = self.iter_num
         return losses
 
+    def evaluate(self):
+        """Estimate the losses and record them; save ckpt.pt when val improves (or always, by
+        setting) and best.pt when it improves. Weights whose loss is not finite are never saved."""
+        config, it = self.config, self.iter_num
+        losses = self.estimate_loss()
+        self.metrics.record({"iter": it, "train_loss": losses["train"], "val_loss": losses["val"]})
+        report = f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+        if not all(map(math.isfinite, losses.values())) and not config.eval_only:
+            self.nonfinite(f"the evaluated loss is {losses['train']} (train), {losses['val']} (val)", in_step=False)
+        improved = losses["val"] < self.best_val_loss
+        self.best_val_loss = min(self.best_val_loss, losses["val"])
+        if it > 0 and not config.eval_only and (improved or config.always_save_checkpoint):
+            self.save(best=improved)
+            report += "; saved ckpt.pt and best.pt" if improved else "; saved ckpt.pt"
+        print(report)
+
     def step(self):
         """One optimizer step over gradient_accumulation_steps micro-batches. Returns the mean
-        loss and the learning rate; a non-finite loss (or gradient) leaves the weights as they were."""
+        loss and the learning rate; a step whose loss or gradient is not finite leaves the
+        weights as they were, and goes to nonfinite()."""
         lr = get_lr(self.config, self.iter_num)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -319,18 +387,37 @@ class Run:
             self.scaler.scale(loss / steps).backward()
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip or float("inf"))
-        finite = self.scaler.is_enabled() or bool(torch.isfinite(norm))  # float16: the scaler skips inf steps
-        loss = total.item() / steps
-        if finite and math.isfinite(loss):
+        loss, norm = total.item() / steps, norm.item()
+        # float16: an inf gradient means the loss scale is too high; the scaler skips that step
+        # and lowers the scale, routine and not the run's problem.
+        problem = (f"the loss is {loss}" if not math.isfinite(loss) else
+                   f"the gradient norm is {norm}" if not math.isfinite(norm) and not self.scaler.is_enabled()
+                   else None)
+        if problem is None:
             self.scaler.step(self.optimizer)
         self.scaler.update()  # float16: also after a skipped step, which unscale_ counted (it lowers the scale)
         self.optimizer.zero_grad(set_to_none=True)
+        if problem:
+            self.nonfinite(problem)
         return loss, lr
+
+    def nonfinite(self, what, in_step=True):
+        """The one policy for nan and inf. A training step's (loss or gradient) stops the run
+        without saving (a UserError), unless nonfinite_loss='skip': then the step is skipped.
+        A non-finite evaluation always stops it: averaged over many batches, it means the
+        weights themselves are broken, which skipping steps cannot mend."""
+        if in_step and self.config.nonfinite_loss == "skip":
+            print(f"iter {self.iter_num}: {what}; step skipped (nonfinite_loss='skip')")
+            return
+        hint = "" if in_step else " (the model's weights no longer give a finite loss)"
+        alternative = ", or set nonfinite_loss='skip' to go on past such steps" if in_step else ""
+        raise UserError(f"{what} at iteration {self.iter_num}{hint}; stopped without saving: "
+                        + self.how_to_go_on("lower learning_rate") + alternative)
 
     def save(self, best=False):
         """ckpt.pt (the latest state) and, if best, best.pt; on failure the old files stay whole."""
         try:
-            save_checkpoint(self.out_dir / "ckpt.pt", checkpoint_state(self),
+            save_checkpoint(self.out_dir / "ckpt.pt", self.state_dict(),
                             copies=[self.out_dir / "best.pt"] if best else [])
         except OSError as e:
             raise UserError(f"could not save a checkpoint in {self.out_dir}: {e.strerror}; "
@@ -341,6 +428,53 @@ class Run:
         if (self.out_dir / "ckpt.pt").is_file():
             return f"the last checkpoint in {self.out_dir} is untouched: {fix} and resume with --init_from=resume"
         return f"no checkpoint was saved yet: {fix} and start again"
+
+    def train(self):
+        try:
+            with StopRequest() as stop:
+                self.loop(stop)
+        finally:
+            self.metrics.close()
+        return self
+
+    def loop(self, stop):
+        config, metrics = self.config, self.metrics
+        tokens_per_step = config.gradient_accumulation_steps * config.batch_size * config.block_size
+        print(f"model: {self.model.num_params() / 1e6:.2f}M parameters, {config.n_layer} layers, "
+              f"{config.n_head} heads, {config.n_embd} wide, context {config.block_size}")
+        print(f"device {self.device}, dtype {self.dtype}; {tokens_per_step:,} tokens per step "
+              f"({config.gradient_accumulation_steps} x {config.batch_size} x {config.block_size})")
+        if config.wandb_log:
+            metrics.start_wandb(config)
+        step_seconds, steps_since_log = 0.0, 0
+        while True:
+            it = self.iter_num
+            due = it % config.eval_interval == 0 or it == config.max_iters
+            if config.eval_only or (due and self.last_eval_iter != it):  # a resumed run has evaluated at `it`
+                self.evaluate()
+            if config.eval_only or it >= config.max_iters:
+                break
+            if stop.signal is not None:
+                self.save()
+                print(f"stopped at iteration {it}; saved {self.out_dir / 'ckpt.pt'}. "
+                      f"To continue, run the same command with --init_from=resume")
+                break
+            started = time.perf_counter()
+            loss, lr = self.step()
+            step_seconds += time.perf_counter() - started
+            steps_since_log += 1
+            self.iter_num += 1
+            if self.iter_num % config.log_interval == 0 or self.iter_num == config.max_iters:
+                print(f"iter {self.iter_num}: loss {loss:.4f}, lr {lr:.2e}, "
+                      f"{1000 * step_seconds / steps_since_log:.1f} ms/iter, "
+                      f"{tokens_per_step * steps_since_log / step_seconds:,.0f} tok/s")
+                metrics.record({"iter": self.iter_num, "loss": loss, "lr": lr})
+                step_seconds, steps_since_log = 0.0, 0
+        if (self.out_dir / "ckpt.pt").is_file():
+            print(f"best val loss {self.best_val_loss:.4f}; checkpoints in {self.out_dir}")
+        else:  # iteration 0 is never saved, and with always_save_checkpoint=False only a better val loss is
+            print(f"best val loss {self.best_val_loss:.4f}; no checkpoint saved: none is written at iteration 0, "
+                  f"and with always_save_checkpoint=False only when val loss improves on its best")
 
 
 class Metrics:
@@ -406,90 +540,8 @@ class StopRequest:
         return False
 
 
-def train(config):
-    run = Run(config)
-    try:
-        with StopRequest() as stop:
-            return train_loop(run, stop)
-    finally:
-        run.metrics.close()
-
-
-def nonfinite(run, what, skipped=False):
-    """A nan or inf loss stops the run without saving (a UserError), unless it is a training
-    step's and nonfinite_loss='skip': then that step is skipped. A non-finite evaluation always
-    stops it: averaged over many batches, it means the weights themselves are broken."""
-    if skipped and run.config.nonfinite_loss == "skip":
-        print(f"iter {run.iter_num}: {what}; step skipped (nonfinite_loss='skip')")
-        return
-    hint = "" if skipped else " (the model's weights no longer give a finite loss)"
-    alternative = ", or set nonfinite_loss='skip' to go on past such steps" if skipped else ""
-    raise UserError(f"{what} at iteration {run.iter_num}{hint}; stopped without saving: "
-                    + run.how_to_go_on("lower learning_rate") + alternative)
-
-
-def evaluate(run):
-    """Estimate the losses and record them; save ckpt.pt when val improves (or always, by
-    setting) and best.pt when it improves. Weights whose loss is not finite are never saved."""
-    config, it = run.config, run.iter_num
-    losses = run.estimate_loss()
-    run.metrics.record({"iter": it, "train_loss": losses["train"], "val_loss": losses["val"]})
-    report = f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
-    if not all(map(math.isfinite, losses.values())) and not config.eval_only:
-        nonfinite(run, f"the evaluated loss is {losses['train']} (train), {losses['val']} (val)")
-    improved = losses["val"] < run.best_val_loss
-    run.best_val_loss = min(run.best_val_loss, losses["val"])
-    if it > 0 and not config.eval_only and (improved or config.always_save_checkpoint):
-        run.save(best=improved)
-        report += "; saved ckpt.pt and best.pt" if improved else "; saved ckpt.pt"
-    print(report)
-
-
-def train_loop(run, stop):
-    config, metrics = run.config, run.metrics
-    tokens_per_step = config.gradient_accumulation_steps * config.batch_size * config.block_size
-    print(f"model: {run.model.num_params() / 1e6:.2f}M parameters, {config.n_layer} layers, "
-          f"{config.n_head} heads, {config.n_embd} wide, context {config.block_size}")
-    print(f"device {run.device}, dtype {run.dtype}; {tokens_per_step:,} tokens per step "
-          f"({config.gradient_accumulation_steps} x {config.batch_size} x {config.block_size})")
-    if config.wandb_log:
-        metrics.start_wandb(config)
-    step_seconds, steps_since_log = 0.0, 0
-    while True:
-        it = run.iter_num
-        due = it % config.eval_interval == 0 or it == config.max_iters
-        if config.eval_only or (due and run.last_eval_iter != it):  # a resumed run has evaluated at `it`
-            evaluate(run)
-        if config.eval_only or it >= config.max_iters:
-            break
-        if stop.signal is not None:
-            run.save()
-            print(f"stopped at iteration {it}; saved {run.out_dir / 'ckpt.pt'}. "
-                  f"To continue, run the same command with --init_from=resume")
-            break
-        started = time.perf_counter()
-        loss, lr = run.step()
-        step_seconds += time.perf_counter() - started
-        steps_since_log += 1
-        if not math.isfinite(loss):
-            nonfinite(run, f"the loss is {loss}", skipped=True)
-        run.iter_num += 1
-        if run.iter_num % config.log_interval == 0 or run.iter_num == config.max_iters:
-            print(f"iter {run.iter_num}: loss {loss:.4f}, lr {lr:.2e}, "
-                  f"{1000 * step_seconds / steps_since_log:.1f} ms/iter, "
-                  f"{tokens_per_step * steps_since_log / step_seconds:,.0f} tok/s")
-            metrics.record({"iter": run.iter_num, "loss": loss, "lr": lr})
-            step_seconds, steps_since_log = 0.0, 0
-    if (run.out_dir / "ckpt.pt").is_file():
-        print(f"best val loss {run.best_val_loss:.4f}; checkpoints in {run.out_dir}")
-    else:  # iteration 0 is never saved, and with always_save_checkpoint=False only a better val loss is
-        print(f"best val loss {run.best_val_loss:.4f}; no checkpoint saved: none is written at iteration 0, and "
-              f"with always_save_checkpoint=False only when val loss improves on its best")
-    return run
-
-
 def main(argv=None):
-    return run_cli(lambda args: train(load_settings(TrainConfig, args)), argv)
+    return run_cli(lambda args: Trainer(load_settings(TrainConfig, args)).train(), argv)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from model import GPT  # noqa: E402
-from prepare.common import autocast_context, load_settings, resolve_device, resolve_dtype, run_cli  # noqa: E402
+from hardware import autocast_context, resolve_device, resolve_dtype  # noqa: E402
+from settings import load_settings, run_cli  # noqa: E402
 from train import TrainConfig  # noqa: E402
 
 CONFIGS = ["configs/shakespeare.py", "configs/shakespeare_cpu.py"]  # the model shapes measured
@@ -28,7 +29,7 @@ VOCAB_SIZE = 65  # tiny Shakespeare's characters
 
 def tokens_per_second(model, prompt, new_tokens, use_cache):
     started = time.perf_counter()
-    out = model.generate(prompt, new_tokens, temperature=0, use_cache=use_cache)
+    out = model.generate(prompt, new_tokens, use_cache=use_cache)  # greedy
     return new_tokens / (time.perf_counter() - started), out
 
 

@@ -1,2 +1,3 @@
-"""Data preparation: one script per data set (python prepare/<name>.py) and the shared
-module they, train.py and sample.py import (prepare/common.py)."""
+"""Data preparation: one script per data set (python prepare/<name>.py), the token-file
+format, metadata and codecs they write and train.py and sample.py read (tokens.py), and the
+fetching of source texts (download.py)."""

@@ -14,7 +14,9 @@ import numpy as np
 
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from prepare.common import CharCodec, UserError, find_or_download, run_cli, write_dataset
+from prepare.download import find_or_download
+from prepare.tokens import CharCodec, write_dataset
+from settings import UserError, run_cli
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 

@@ -1,16 +1,10 @@
 """Shared fixtures: a tiny model config and tiny token files made on the fly."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from model import GPTConfig  # noqa: E402
-from prepare import shakespeare_char  # noqa: E402
+from model import GPTConfig
+from prepare import shakespeare_char
 
 # The models here are tiny: more threads only add overhead, and contend with each other on a busy machine.
 torch.set_num_threads(1)

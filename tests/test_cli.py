@@ -15,8 +15,9 @@ import torch
 
 import sample
 import train
+from checkpoint import CHECKPOINT_KEYS, load_checkpoint
 from prepare import shakespeare_char
-from prepare.common import CHECKPOINT_KEYS, load_checkpoint, read_meta
+from prepare.tokens import read_meta
 
 ROOT = Path(__file__).resolve().parent.parent
 SEPARATOR = "---------------\n"

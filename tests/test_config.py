@@ -1,6 +1,10 @@
 """The settings loader: defaults < config files (in order) < command line, with one-line errors."""
 
+import importlib.util
 import runpy
+import shutil
+import subprocess
+import sys
 import types
 import typing
 from dataclasses import fields
@@ -10,8 +14,8 @@ import pytest
 
 import sample
 import train
-from prepare.common import UserError, load_settings
 from sample import SampleConfig
+from settings import UserError, load_settings
 from train import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,11 +116,23 @@ def test_from_import_of_a_builtin_function_is_not_a_setting(tmp_path):
     assert load_settings(TrainConfig, [path]).batch_size == 4
 
 
-def test_config_files_do_not_share_names(tmp_path):
-    first = write_config(tmp_path / "first.py", "max_iters = 100\n")
-    second = write_config(tmp_path / "second.py", "lr_decay_iters = max_iters\n")
+def test_a_config_file_sees_the_settings_so_far(tmp_path):
+    """As in nanoGPT: a file may use a default it does not set, or an earlier file's value."""
+    first = write_config(tmp_path / "first.py", "max_iters = 3000\nwarmup_iters = 10\n")
+    second = write_config(tmp_path / "second.py", "lr_decay_iters = max_iters\nmin_lr = learning_rate / 10\n")
+    config = load_settings(TrainConfig, [first, second, "--learning_rate=1e-3"])
+    assert config.lr_decay_iters == 3000  # the first file's max_iters
+    assert config.min_lr == pytest.approx(TrainConfig().learning_rate / 10)  # the default, not the later override
+    assert config.explicit == {"max_iters", "warmup_iters", "lr_decay_iters", "min_lr", "learning_rate"}
+
+
+def test_a_config_file_leaks_nothing_into_the_next(tmp_path):
+    first = write_config(tmp_path / "first.py", "helper_value = 5\n")
+    assert "unknown setting 'helper_value'" in user_error(TrainConfig, [first])
+    first = write_config(tmp_path / "first.py", "_helper = 5\n")
+    second = write_config(tmp_path / "second.py", "batch_size = _helper\n")
     message = user_error(TrainConfig, [first, second])
-    assert str(second) in message and "max_iters" in message
+    assert str(second) in message and "_helper" in message
 
 
 # ----------------------------------------------------------------------------- --key=value parsing
@@ -361,3 +377,16 @@ def test_bare_bool_flag_before_a_config_file(tmp_path):
     path = write_config(tmp_path / "cfg.py", "batch_size = 7\n")
     config = load_settings(TrainConfig, ["--compile", path, "--eval_only", "False"])
     assert config.compile is True and config.eval_only is False and config.batch_size == 7
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("setuptools"), reason="needs setuptools to build")
+def test_installing_puts_no_module_of_ours_in_site_packages(tmp_path):
+    """`pip install .` brings the dependencies only: no `model`, `train` or `prepare` for
+    every other program on that Python to import by mistake."""
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", "*venv*", "data", "out*", "tests"))
+    target = tmp_path / "site-packages"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--target", str(target), str(source)], check=True, capture_output=True)
+    installed = {p.name for p in target.iterdir()}
+    assert installed and all(name.endswith(".dist-info") for name in installed), installed

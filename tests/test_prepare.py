@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from checkpoint import atomic_write
 from prepare import shakespeare_char
-from prepare.common import (CharCodec, UserError, atomic_write, find_or_download, read_meta,
-                            read_tokens, run_cli, write_tokens)
+from prepare.download import find_or_download
+from prepare.tokens import CharCodec, read_meta, read_tokens, write_tokens
+from settings import UserError, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_TIKTOKEN = ROOT.parent / "shared" / "data" / "tiktoken_cache"
@@ -372,7 +374,7 @@ def gpt2_codec(monkeypatch):
     if not os.environ.get("TIKTOKEN_CACHE_DIR") and SHARED_TIKTOKEN.is_dir():
         monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(SHARED_TIKTOKEN))
     pytest.importorskip("tiktoken")
-    from prepare.common import TiktokenCodec
+    from prepare.tokens import TiktokenCodec
     try:
         return TiktokenCodec("gpt2")
     except UserError as e:

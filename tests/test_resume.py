@@ -23,9 +23,11 @@ import torch
 
 import sample
 import train
+from checkpoint import load_checkpoint
 from model import GPT
 from prepare import shakespeare_char
-from prepare.common import UserError, load_checkpoint, read_meta, write_tokens
+from prepare.tokens import read_meta, write_tokens
+from settings import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -343,6 +345,50 @@ def test_nonfinite_loss_skip_completes_with_finite_weights(data_dir, trained_cop
     assert all_finite(state)
     assert all(torch.isfinite(t).all() for s in state["optimizer"]["state"].values()
                for t in s.values() if t.is_floating_point())
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_nonfinite_gradient_with_a_finite_loss_follows_the_policy(policy, data_dir, tmp_path, monkeypatch, capsys):
+    """A step whose loss is finite but whose gradient is nan is never dropped silently: it
+    stops the run (naming the gradient), or with nonfinite_loss='skip' is skipped, said so."""
+    monkeypatch.chdir(tmp_path)
+    forward, calls = GPT.forward, []
+
+    def forward_with_a_nan_gradient(model, idx, targets=None, **kwargs):
+        logits, loss = forward(model, idx, targets, **kwargs)
+        if model.training:
+            calls.append(1)
+            if len(calls) == 3:  # iteration 2, with one micro-batch per step
+                logits.register_hook(lambda grad: torch.full_like(grad, float("nan")))
+        return logits, loss
+
+    monkeypatch.setattr(GPT, "forward", forward_with_a_nan_gradient)
+    out = tmp_path / "out"
+    args = settings(data_dir, out, max_iters=6, gradient_accumulation_steps=1, nonfinite_loss=policy)
+    capsys.readouterr()
+    code = exit_code(train.main, args)
+    if policy == "stop":
+        one_error_line(capsys, code, "the gradient norm is nan at iteration 2")
+        assert [e["iter"] for e in metrics(out) if "loss" in e] == [1, 2]
+    else:
+        assert code == 0
+        assert capsys.readouterr().out.count("gradient norm is nan; step skipped") == 1
+        state = load_checkpoint(out / "ckpt.pt")
+        assert state["iter_num"] == 6 and all_finite(state)
+
+
+def test_resume_takes_the_model_shape_from_the_checkpoint(data_dir, tmp_path, monkeypatch):
+    """As in nanoGPT, --init_from=resume --out_dir=X needs no model settings: the checkpoint's
+    shape is used (its block_size for the batches too), and the run continues exactly."""
+    monkeypatch.chdir(tmp_path)
+    straight, pieces = tmp_path / "straight", tmp_path / "pieces"
+    assert train.main(settings(data_dir, straight, max_iters=10)) == 0
+    assert train.main(settings(data_dir, pieces, max_iters=5)) == 0
+    shape = ("--n_layer", "--n_head", "--n_embd", "--block_size")
+    resumed = [arg for arg in settings(data_dir, pieces, max_iters=10, init_from="resume")
+               if arg.split("=")[0] not in shape]
+    assert train.main(resumed) == 0
+    assert_same_training_state(straight / "ckpt.pt", pieces / "ckpt.pt")
 
 
 def test_nonfinite_loss_skip_in_float16_keeps_going(data_dir, tmp_path, monkeypatch, capsys):

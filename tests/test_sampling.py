@@ -11,11 +11,15 @@ import torch
 import torch.nn.functional as F
 
 import sample as sample_cli
-from model import GPT, GPTConfig, KVCache, check_sampling, sampling_probs
-from prepare.common import CharCodec, save_checkpoint
-from sample import Sample, SampleConfig
+from checkpoint import save_checkpoint
+from model import GPT, GPTConfig, KVCache
+from prepare.tokens import CharCodec
+from sample import Sample, SampleConfig, TokenSampler, check_sampling, sampling_probs
 
 
+def generate(model, idx, max_new_tokens, use_cache=True, **sampling):
+    """model.generate with a TokenSampler made from the sampling settings."""
+    return model.generate(idx, max_new_tokens, TokenSampler(**sampling), use_cache)
 
 
 def random_model(config, seed=0, std=0.2):
@@ -240,21 +244,30 @@ def test_check_sampling_accepts_edge_values():
         check_sampling(*settings)
 
 
+def test_sampling_settings_are_checked_once_not_per_token(tiny_config, monkeypatch):
+    calls, check = [], sample_cli.check_sampling
+    monkeypatch.setattr(sample_cli, "check_sampling", lambda *args: calls.append(args) or check(*args))
+    model = random_model(tiny_config)
+    out = generate(model, torch.zeros(1, 2, dtype=torch.long), 20, temperature=0.8, top_k=5, top_p=0.9)
+    assert out.shape == (1, 22)
+    assert calls == [(0.8, 5, 0.9)]
+
+
 def test_generate_rejects_bad_settings(tiny_config):
     model = random_model(tiny_config)
     idx = torch.zeros(1, 3, dtype=torch.long)
     with pytest.raises(ValueError, match="top_p"):
-        model.generate(idx, 5, top_p=1.5)
+        generate(model, idx, 5, top_p=1.5)
     with pytest.raises(ValueError, match="temperature"):
-        next(model.generate_stream(idx, 5, temperature=-1))
+        next(model.generate_stream(idx, 5, TokenSampler(temperature=-1)))
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda m: m.generate(torch.zeros(3, dtype=torch.long), 5), r"shape \(batch, length >= 1\), got shape \(3,\)"),
-    (lambda m: m.generate(torch.zeros(1, 0, dtype=torch.long), 5), r"got shape \(1, 0\)"),
-    (lambda m: m.generate(torch.zeros(2, 3, dtype=torch.long), 5, generators=[torch.Generator()]),
+    (lambda m: generate(m, torch.zeros(3, dtype=torch.long), 5), r"shape \(batch, length >= 1\), got shape \(3,\)"),
+    (lambda m: generate(m, torch.zeros(1, 0, dtype=torch.long), 5), r"got shape \(1, 0\)"),
+    (lambda m: generate(m, torch.zeros(2, 3, dtype=torch.long), 5, generators=[torch.Generator()]),
      "one generator per row of idx: got 1 for 2 rows"),
-    (lambda m: m.generate(torch.zeros(1, 3, dtype=torch.long), -1), "max_new_tokens must be >= 0, got -1"),
+    (lambda m: generate(m, torch.zeros(1, 3, dtype=torch.long), -1), "max_new_tokens must be >= 0, got -1"),
 ])
 def test_generate_says_what_is_wrong_with_its_arguments(tiny_config, call, message):
     with pytest.raises(ValueError, match=message):
@@ -267,8 +280,8 @@ def test_generate_says_what_is_wrong_with_its_arguments(tiny_config, call, messa
 def stream(model, idx, steps, use_cache, temperature=0.0, seed=None, **kwargs):
     generators = None if seed is None else [torch.Generator().manual_seed(seed + i) for i in range(idx.size(0))]
     tokens, logits = [], []
-    for token, step_logits in model.generate_stream(idx, steps, temperature=temperature, generators=generators,
-                                                    use_cache=use_cache, **kwargs):
+    choose = TokenSampler(temperature=temperature, generators=generators, **kwargs)
+    for token, step_logits in model.generate_stream(idx, steps, choose, use_cache=use_cache):
         tokens.append(token)
         logits.append(step_logits)
     return torch.stack(tokens, 1), torch.stack(logits, 1)
@@ -285,8 +298,8 @@ def test_cache_greedy_matches_no_cache(pos_encoding, prompt_len, steps):
     plain_tokens, plain_probs = stream(model, idx, steps, use_cache=False)
     assert torch.equal(cached_tokens, plain_tokens)
     torch.testing.assert_close(cached_probs, plain_probs, atol=1e-5, rtol=0)
-    full = model.generate(idx, steps, temperature=0, use_cache=True)
-    assert torch.equal(full, model.generate(idx, steps, temperature=0, use_cache=False))
+    full = generate(model, idx, steps, temperature=0, use_cache=True)
+    assert torch.equal(full, generate(model, idx, steps, temperature=0, use_cache=False))
     assert torch.equal(full[:, prompt_len:], cached_tokens)
 
 
@@ -330,8 +343,8 @@ def test_vocab_limit_never_draws_the_padding_rows():
     with torch.no_grad():  # make the padding rows (ids >= 10) by far the most likely
         model.lm_head.weight[10:] *= 50
     idx = torch.zeros(4, 1, dtype=torch.long)
-    assert (model.generate(idx, 30, temperature=1.0)[:, 1:] >= 10).any()
-    assert (model.generate(idx, 30, temperature=1.0, vocab_limit=10)[:, 1:] < 10).all()
+    assert (generate(model, idx, 30, temperature=1.0)[:, 1:] >= 10).any()
+    assert (generate(model, idx, 30, temperature=1.0, vocab_limit=10)[:, 1:] < 10).all()
 
 
 @pytest.mark.parametrize("pos_encoding", ["learned", "sinusoidal"])
@@ -402,11 +415,11 @@ def test_global_seed_makes_ungenerated_draws_repeatable(tiny_config):
     model = random_model(tiny_config, seed=9)
     idx = torch.randint(0, tiny_config.vocab_size, (2, 3))
     torch.manual_seed(42)
-    a = model.generate(idx, 20)
+    a = generate(model, idx, 20)
     torch.manual_seed(42)
-    b = model.generate(idx, 20)
+    b = generate(model, idx, 20)
     torch.manual_seed(43)
-    c = model.generate(idx, 20)
+    c = generate(model, idx, 20)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
 
@@ -416,9 +429,9 @@ def test_batch_rows_equal_single_draws(tiny_config, use_cache):
     model = random_model(tiny_config, seed=10)
     seed, n = 1337, 4
     prompt = torch.randint(0, tiny_config.vocab_size, (1, 4))
-    batch = model.generate(prompt.repeat(n, 1), 25, temperature=1.0, top_k=20, use_cache=use_cache,
+    batch = generate(model, prompt.repeat(n, 1), 25, temperature=1.0, top_k=20, use_cache=use_cache,
                            generators=[torch.Generator().manual_seed(seed + i) for i in range(n)])
-    singles = [model.generate(prompt, 25, temperature=1.0, top_k=20, use_cache=use_cache,
+    singles = [generate(model, prompt, 25, temperature=1.0, top_k=20, use_cache=use_cache,
                               generators=[torch.Generator().manual_seed(seed + i)]) for i in range(n)]
     assert torch.equal(batch, torch.cat(singles, 0))
     assert len({tuple(row.tolist()) for row in batch}) > 1  # the rows are different samples
@@ -427,10 +440,10 @@ def test_batch_rows_equal_single_draws(tiny_config, use_cache):
 def test_batch_rows_with_different_prompts_equal_single_draws(tiny_config):
     model = random_model(tiny_config, seed=11)
     prompts = torch.randint(0, tiny_config.vocab_size, (3, 6))
-    batch = model.generate(prompts, 20, temperature=0.8,
+    batch = generate(model, prompts, 20, temperature=0.8,
                            generators=[torch.Generator().manual_seed(7 + i) for i in range(3)])
     for i in range(3):
-        single = model.generate(prompts[i : i + 1], 20, temperature=0.8,
+        single = generate(model, prompts[i : i + 1], 20, temperature=0.8,
                                 generators=[torch.Generator().manual_seed(7 + i)])
         assert torch.equal(batch[i : i + 1], single)
 
@@ -443,7 +456,7 @@ def test_generate_shape_and_prefix(tiny_config, use_cache):
     model = random_model(tiny_config, seed=12)
     idx = torch.randint(0, tiny_config.vocab_size, (3, 7))
     for new in (0, 1, 30):
-        out = model.generate(idx, new, temperature=1.0, top_p=0.9, use_cache=use_cache)
+        out = generate(model, idx, new, temperature=1.0, top_p=0.9, use_cache=use_cache)
         assert out.shape == (3, 7 + new)
         assert out.dtype == torch.long
         assert torch.equal(out[:, :7], idx)
@@ -453,7 +466,7 @@ def test_generate_shape_and_prefix(tiny_config, use_cache):
 def test_generate_prompt_longer_than_block_size(tiny_config):
     model = random_model(tiny_config, seed=13)
     idx = torch.randint(0, tiny_config.vocab_size, (1, 3 * tiny_config.block_size))
-    out = model.generate(idx, 5, temperature=0)
+    out = generate(model, idx, 5, temperature=0)
     assert out.shape == (1, 3 * tiny_config.block_size + 5)
     with torch.no_grad():
         logits, _ = model(idx[:, -tiny_config.block_size:])
@@ -464,11 +477,11 @@ def test_generate_keeps_training_mode(tiny_config):
     model = random_model(tiny_config, seed=14)
     idx = torch.zeros(1, 2, dtype=torch.long)
     model.train()
-    model.generate(idx, 5)
+    generate(model, idx, 5)
     assert model.training
     assert all(m.training for m in model.modules())
     model.eval()
-    model.generate(idx, 5)
+    generate(model, idx, 5)
     assert not model.training
     assert not any(m.training for m in model.modules())
 
@@ -488,11 +501,11 @@ def test_generate_in_training_mode_ignores_dropout():
     model = random_model(config, seed=16)
     idx = torch.randint(0, config.vocab_size, (2, 4))
     model.train()
-    a = model.generate(idx, 10, temperature=0)
-    b = model.generate(idx, 10, temperature=0)
+    a = generate(model, idx, 10, temperature=0)
+    b = generate(model, idx, 10, temperature=0)
     model.eval()
     assert torch.equal(a, b)
-    assert torch.equal(a, model.generate(idx, 10, temperature=0))
+    assert torch.equal(a, generate(model, idx, 10, temperature=0))
 
 
 def test_generate_has_no_grad(tiny_config):

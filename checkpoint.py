@@ -1,0 +1,78 @@
+"""Files that must never be left half-written: atomic writes, and checkpoints saved with
+them and loaded safely (tensors and plain values only: no pickled code is ever run)."""
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from settings import UserError
+
+
+@contextmanager
+def atomic_write(path, mode="wb"):
+    """Yield a temporary file beside path; when the block ends without error, flush it to
+    disk and rename it over path. A crash at any moment leaves the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(f.fileno(), 0o666 & ~umask)  # the mode a plain open() gives, not mkstemp's 0600
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def save_checkpoint(path, state, copies=()):
+    """Write state to path, then give each path in copies the same bytes (a hard link where the
+    file system allows, else a copy); every file is replaced atomically."""
+    with atomic_write(path) as f:
+        try:
+            torch.save(state, f)
+        except RuntimeError as e:  # torch reports a failed write (a full disk) as a RuntimeError
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
+    for copy in copies:
+        tmp = Path(copy).with_name(f".{Path(copy).name}.link.tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(path, tmp)
+            os.replace(tmp, copy)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            with open(path, "rb") as source, atomic_write(copy) as f:
+                shutil.copyfileobj(source, f)
+
+
+CHECKPOINT_KEYS = ("model", "model_config", "train_config", "iter_num", "best_val_loss", "meta")  # what sample.py needs
+
+
+def load_checkpoint(path, device="cpu"):
+    """Read a checkpoint written by train.py, checking that it is one."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}; train one first (python train.py CONFIG) or set out_dir")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0][:100]
+        raise UserError(f"{path} is not a readable checkpoint ({reason}); "
+                        f"it may be truncated or corrupt: train again or use another out_dir") from None
+    if not isinstance(state, dict) or not all(k in state for k in CHECKPOINT_KEYS):
+        raise UserError(f"{path} is not a checkpoint of this project (keys missing); use one written by train.py")
+    return state

@@ -1,0 +1,33 @@
+"""The source text of a data set: a file the user names, one already in place, or a download."""
+
+import os
+import urllib.request
+from pathlib import Path
+
+from checkpoint import atomic_write
+from settings import UserError
+
+
+def find_or_download(data_dir, filename, url, input_path=None, script="the prepare script"):
+    """The path of a source text: --input if given, else data_dir/filename, downloaded there
+    from url if missing. Says exactly what to do when none of these works."""
+    if input_path:
+        if os.path.isdir(input_path):
+            raise UserError(f"--input {input_path} is a folder; give it a text file")
+        if not os.path.isfile(input_path):
+            raise UserError(f"input file not found: {input_path}")
+        return Path(input_path)
+    path = Path(data_dir) / filename
+    if path.is_file():
+        return path
+    print(f"downloading {url} -> {path}")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            text = response.read()
+    except OSError as e:
+        raise UserError(
+            f"could not download {url} ({getattr(e, 'reason', e)}); "
+            f"put the file at {path}, or run: python {script} --input PATH") from None
+    with atomic_write(path) as f:
+        f.write(text)
+    return path

@@ -1,0 +1,128 @@
+"""Settings: dataclass defaults, then config files, then --key=value, typed and checked.
+
+    python train.py configs/shakespeare.py --batch_size=32 --device=cpu
+
+A user's mistake raises UserError; run_cli turns it into one line and exit status 2.
+"""
+
+import ast
+import difflib
+import os
+import runpy
+import sys
+import types
+import typing
+from dataclasses import asdict, fields
+
+
+class UserError(Exception):
+    """A mistake the user can fix: reported as one line, with exit status 2."""
+
+
+def run_cli(main, argv=None):
+    """Run main(argv) (default: the command line) and return exit status 0; a UserError
+    becomes one line on stderr and exit status 2. Ctrl-C, and a reader that closed the pipe
+    (`python sample.py | head`), end the program quietly, with a shell's usual statuses."""
+    try:
+        main(sys.argv[1:] if argv is None else argv)
+        return 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        raise SystemExit(130) from None
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        raise SystemExit(141) from None
+
+
+def load_settings(cls, argv):
+    """Build the dataclass cls from its defaults, then config files (in order), then the
+    command line: `file.py`, `--key=value` or `--key value` (a bare `--flag` sets a bool).
+    The result's `explicit` attribute names the settings that a file or the command line gave."""
+    types_ = typing.get_type_hints(cls)
+    files, overrides = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        key, has_value, raw = arg[2:].partition("=")
+        if not arg.startswith("--"):
+            files.append(arg)
+        elif has_value:
+            overrides.append((key, raw, f"from {arg}"))
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--") and (
+                bool not in _allowed(types_.get(key)) or argv[i + 1] in ("True", "False")):
+            overrides.append((key, argv[i + 1], f"from {arg} {argv[i + 1]}"))
+            i += 1
+        elif key in types_ and bool not in _allowed(types_[key]):
+            raise UserError(f"--{key} needs a value: --{key}=VALUE")
+        else:
+            overrides.append((key, "True", f"from {arg}"))
+        i += 1
+    values = {}
+    for path in files:
+        # A file sees the settings so far (nanoGPT's files use defaults they do not set:
+        # `min_lr = learning_rate / 10`) and gives back what it assigns or changes.
+        for key, value in _run_config_file(path, {**asdict(cls()), **values}).items():
+            values[key] = _check(cls, types_, key, value, path)
+    for key, raw, source in overrides:
+        values[key] = _check(cls, types_, key, _parse(raw, types_.get(key)), source)
+    try:
+        config = cls(**values)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    config.explicit = frozenset(values)
+    return config
+
+
+def _allowed(annotation):
+    """The types a setting takes: (int,) for int, (float, NoneType) for Optional[float]."""
+    return typing.get_args(annotation) if typing.get_origin(annotation) is typing.Union else (annotation,)
+
+
+def _run_config_file(path, settings):
+    """The public names a config file assigns, run in a fresh namespace that starts with
+    settings (nothing leaks between files or into the program)."""
+    if not os.path.isfile(path):
+        raise UserError(f"config file not found: {path}")
+    try:
+        assigned = {node.id for node in ast.walk(ast.parse(open(path, "rb").read(), path))
+                    if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)}
+        namespace = runpy.run_path(path, init_globals=settings)
+    except SyntaxError as e:
+        raise UserError(f"{path}:{e.lineno}: syntax error: {e.msg}") from None
+    except Exception as e:
+        raise UserError(f"{path}: {type(e).__name__}: {e}") from None
+    return {k: v for k, v in namespace.items()
+            if not k.startswith("_") and not isinstance(v, types.ModuleType) and not callable(v)
+            and (k in assigned or k not in settings)}
+
+
+def _parse(raw, annotation):
+    allowed = _allowed(annotation)
+    if str in allowed:  # a string setting takes the text as written ('3' stays '3'), or None
+        return None if raw == "None" and type(None) in allowed else raw
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
+
+
+def _check(cls, types_, key, value, source):
+    """Return value if it suits setting `key` of cls, else raise a UserError naming source
+    (a config file's path, or 'from --key=value')."""
+    if key not in types_:
+        close = difflib.get_close_matches(key, [f.name for f in fields(cls)], n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise UserError(f"unknown setting '{key}' ({source}){hint}")
+    allowed = _allowed(types_[key])
+    if value is None and type(None) in allowed:
+        return value
+    for kind in allowed:
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+            return value
+    names = " or ".join("None" if k is type(None) else k.__name__ for k in allowed)
+    raise UserError(f"{key}: expected {names}, got {value!r} ({source})")
