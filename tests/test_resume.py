@@ -88,6 +88,32 @@ def all_finite(state):
     return all(torch.isfinite(t).all() for t in state["model"].values())
 
 
+def break_training_batches(monkeypatch, numbers, breaking):
+    """Make the training forward passes with these numbers (counted from 1) go wrong:
+    breaking(logits, loss) returns the loss to use."""
+    forward, calls = GPT.forward, []
+
+    def forward_with_bad_batches(model, idx, targets=None, **kwargs):
+        logits, loss = forward(model, idx, targets, **kwargs)
+        if model.training:
+            calls.append(1)
+            if len(calls) in numbers:
+                loss = breaking(logits, loss)
+        return logits, loss
+
+    monkeypatch.setattr(GPT, "forward", forward_with_bad_batches)
+
+
+def nan_loss(logits, loss):
+    return loss * float("nan")
+
+
+def nan_gradient(logits, loss):
+    """The loss stays finite; the gradient it sends back is nan."""
+    logits.register_hook(lambda grad: torch.full_like(grad, float("nan")))
+    return loss
+
+
 def exit_code(main, args):
     try:
         return main(args)
@@ -324,17 +350,7 @@ def test_nonfinite_loss_skip_completes_with_finite_weights(data_dir, trained_cop
     monkeypatch.chdir(tmp_path)
     out = trained_copy
     start = load_checkpoint(out / "ckpt.pt")["iter_num"]
-    forward, calls = GPT.forward, []
-
-    def forward_with_bad_batches(model, idx, targets=None, **kwargs):
-        logits, loss = forward(model, idx, targets, **kwargs)
-        if model.training:
-            calls.append(1)
-            if len(calls) in (3, 7):
-                loss = loss * float("nan")
-        return logits, loss
-
-    monkeypatch.setattr(GPT, "forward", forward_with_bad_batches)
+    break_training_batches(monkeypatch, (3, 7), nan_loss)
     assert train.main(settings(data_dir, out, init_from="resume", max_iters=start + 10, eval_interval=1000,
                                nonfinite_loss="skip")) == 0
     assert capsys.readouterr().out.count("step skipped") == 2
@@ -352,17 +368,7 @@ def test_nonfinite_gradient_with_a_finite_loss_follows_the_policy(policy, data_d
     """A step whose loss is finite but whose gradient is nan is never dropped silently: it
     stops the run (naming the gradient), or with nonfinite_loss='skip' is skipped, said so."""
     monkeypatch.chdir(tmp_path)
-    forward, calls = GPT.forward, []
-
-    def forward_with_a_nan_gradient(model, idx, targets=None, **kwargs):
-        logits, loss = forward(model, idx, targets, **kwargs)
-        if model.training:
-            calls.append(1)
-            if len(calls) == 3:  # iteration 2, with one micro-batch per step
-                logits.register_hook(lambda grad: torch.full_like(grad, float("nan")))
-        return logits, loss
-
-    monkeypatch.setattr(GPT, "forward", forward_with_a_nan_gradient)
+    break_training_batches(monkeypatch, (3,), nan_gradient)  # iteration 2, with one micro-batch per step
     out = tmp_path / "out"
     args = settings(data_dir, out, max_iters=6, gradient_accumulation_steps=1, nonfinite_loss=policy)
     capsys.readouterr()
@@ -395,17 +401,7 @@ def test_nonfinite_loss_skip_in_float16_keeps_going(data_dir, tmp_path, monkeypa
     """float16 uses a GradScaler: a skipped step must still close the scaler's step, or the
     next one fails."""
     monkeypatch.chdir(tmp_path)
-    forward, calls = GPT.forward, []
-
-    def forward_with_a_bad_batch(model, idx, targets=None, **kwargs):
-        logits, loss = forward(model, idx, targets, **kwargs)
-        if model.training:
-            calls.append(1)
-            if len(calls) == 3:
-                loss = loss * float("nan")
-        return logits, loss
-
-    monkeypatch.setattr(GPT, "forward", forward_with_a_bad_batch)
+    break_training_batches(monkeypatch, (3,), nan_loss)
     out = tmp_path / "fp16"
     assert train.main(settings(data_dir, out, dtype="float16", max_iters=6, nonfinite_loss="skip")) == 0
     assert capsys.readouterr().out.count("step skipped") == 1
