@@ -9,7 +9,6 @@ Settings: the defaults below, then each config file in order, then --key=value.
 
 import importlib
 import importlib.util
-import json
 import math
 import os
 import random
@@ -23,17 +22,20 @@ from typing import Optional
 import numpy as np
 import torch
 
-from checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint
 from hardware import autocast_context, resolve_device, resolve_dtype
+from metrics import Metrics, start_wandb
 from model import GPT, GPTConfig
+from plot import loss_figure, save_png
 from prepare.tokens import read_meta, read_tokens
+from progress import duration, log, progress
 from settings import UserError, load_settings, run_cli
 
 
 @dataclass
 class TrainConfig:
     # output and evaluation
-    out_dir: str = "out"  # checkpoints (ckpt.pt latest, best.pt best by val loss) and metrics.jsonl
+    out_dir: str = "out"  # checkpoints (ckpt.pt latest, best.pt best by val loss), metrics.jsonl, loss.png
     eval_interval: int = 2000  # estimate train and val loss every this many iterations (and at the end)
     log_interval: int = 1  # print a line every this many iterations
     eval_iters: int = 200  # batches per loss estimate
@@ -254,6 +256,8 @@ class Trainer:
             config.weight_decay, config.learning_rate, (config.beta1, config.beta2), self.device_type)
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype == "float16")
         self.iter_num, self.best_val_loss, self.last_eval_iter = 0, float("inf"), -1
+        self.tokens_per_step = config.gradient_accumulation_steps * config.batch_size * config.block_size
+        self.clock = Clock()
         if saved:
             self.load_state(saved)
         elif (self.out_dir / "ckpt.pt").exists() and not config.eval_only:
@@ -261,7 +265,8 @@ class Trainer:
                             f"or choose another out_dir (or delete that one) to start afresh")
         self.step_model = torch.compile(self.model) if config.compile else self.model
         self.autocast = autocast_context(self.device, self.dtype)
-        self.metrics = self.open_out_dir(saved["metrics_lines"] if saved else 0)
+        wandb = start_wandb(config) if config.wandb_log and not config.eval_only else None
+        self.metrics = self.open_out_dir(saved["metrics_lines"] if saved else 0, wandb)
 
     def read_checkpoint(self, config):
         path = self.out_dir / "ckpt.pt"
@@ -302,9 +307,10 @@ class Trainer:
         set_rng_states(state["rng"])
         self.iter_num, self.best_val_loss = state["iter_num"], state["best_val_loss"]
         self.last_eval_iter = state["last_eval_iter"]
+        self.clock = Clock(state.get("elapsed", 0.0))
         print(f"resuming from {path} at iteration {self.iter_num}")
 
-    def open_out_dir(self, metrics_lines):
+    def open_out_dir(self, metrics_lines, wandb):
         """Only now, with every setting checked, touch what is on disk."""
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -312,10 +318,10 @@ class Trainer:
             raise UserError(f"cannot create out_dir {self.out_dir}: {e.strerror}; choose another out_dir") from None
         if not os.access(self.out_dir, os.W_OK):
             raise UserError(f"cannot write to out_dir {self.out_dir}; choose another out_dir")
-        for name in ("ckpt.pt", "best.pt", "metrics.jsonl"):  # temp files left by a save killed part-way
+        for name in ("ckpt.pt", "best.pt", "metrics.jsonl", "loss.png"):  # temp files left by a save killed part-way
             for unfinished in self.out_dir.glob(f".{name}.*tmp"):
                 unfinished.unlink()
-        return Metrics(None if self.config.eval_only else self.out_dir / "metrics.jsonl", metrics_lines)
+        return Metrics(None if self.config.eval_only else self.out_dir / "metrics.jsonl", metrics_lines, wandb)
 
     def state_dict(self):
         """Everything the rest of a run depends on: the one definition of a checkpoint's contents."""
@@ -332,6 +338,7 @@ class Trainer:
             "best_val_loss": self.best_val_loss,
             "last_eval_iter": self.last_eval_iter,
             "metrics_lines": self.metrics.lines,  # metrics.jsonl as of this checkpoint, for a resume to continue
+            "elapsed": self.clock.elapsed(),  # the run's wall seconds so far, resumes included
         }
 
     def to_device(self, x, y):
@@ -343,13 +350,15 @@ class Trainer:
     def estimate_loss(self):
         self.model.eval()
         losses = {}
-        for split in ("train", "val"):
-            total = 0.0
-            for x, y in self.sampler.eval_batches(split, self.config.eval_iters):
-                with self.autocast:
-                    _, loss = self.step_model(*self.to_device(x, y))
-                total += loss.item()
-            losses[split] = total / self.config.eval_iters
+        with progress(total=2 * self.config.eval_iters, desc="evaluating", unit="batch") as bar:
+            for split in ("train", "val"):
+                total = 0.0
+                for x, y in self.sampler.eval_batches(split, self.config.eval_iters):
+                    with self.autocast:
+                        _, loss = self.step_model(*self.to_device(x, y))
+                    total += loss.item()
+                    bar.update()
+                losses[split] = total / self.config.eval_iters
         self.model.train()
         self.last_eval_iter = self.iter_num
         return losses
@@ -358,8 +367,10 @@ class Trainer:
         """Estimate the losses and record them; save ckpt.pt when val improves (or always, by
         setting) and best.pt when it improves. Weights whose loss is not finite are never saved."""
         config, it = self.config, self.iter_num
+        started = time.perf_counter()
         losses = self.estimate_loss()
-        self.metrics.record({"iter": it, "train_loss": losses["train"], "val_loss": losses["val"]})
+        self.metrics.record({"iter": it, "tokens": it * self.tokens_per_step, "train_loss": losses["train"],
+                             "val_loss": losses["val"], "elapsed": round(self.clock.elapsed(), 3)})
         report = f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
         if not all(map(math.isfinite, losses.values())) and not config.eval_only:
             self.nonfinite(f"the evaluated loss is {losses['train']} (train), {losses['val']} (val)", in_step=False)
@@ -368,12 +379,22 @@ class Trainer:
         if it > 0 and not config.eval_only and (improved or config.always_save_checkpoint):
             self.save(best=improved)
             report += "; saved ckpt.pt and best.pt" if improved else "; saved ckpt.pt"
-        print(report)
+        if not config.eval_only:
+            self.draw_loss_plot()
+        log(report)
+        self.clock.evaluated(time.perf_counter() - started)
+
+    def draw_loss_plot(self):
+        """out_dir/loss.png from metrics.jsonl's rows; a failure to draw never stops training."""
+        try:
+            save_png(loss_figure(self.metrics.rows, title=str(self.out_dir)), self.out_dir / "loss.png")
+        except OSError as e:
+            log(f"could not write {self.out_dir / 'loss.png'}: {e.strerror}")
 
     def step(self):
         """One optimizer step over gradient_accumulation_steps micro-batches. Returns the mean
-        loss and the learning rate; a step whose loss or gradient is not finite leaves the
-        weights as they were, and goes to nonfinite()."""
+        loss, the learning rate and the gradient norm; a step whose loss or gradient is not
+        finite leaves the weights as they were, and goes to nonfinite()."""
         lr = get_lr(self.config, self.iter_num)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -399,7 +420,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if problem:
             self.nonfinite(problem)
-        return loss, lr
+        return loss, lr, norm
 
     def nonfinite(self, what, in_step=True):
         """The one policy for nan and inf. A training step's (loss or gradient) stops the run
@@ -407,7 +428,7 @@ class Trainer:
         A non-finite evaluation always stops it: averaged over many batches, it means the
         weights themselves are broken, which skipping steps cannot mend."""
         if in_step and self.config.nonfinite_loss == "skip":
-            print(f"iter {self.iter_num}: {what}; step skipped (nonfinite_loss='skip')")
+            log(f"iter {self.iter_num}: {what}; step skipped (nonfinite_loss='skip')")
             return
         hint = "" if in_step else " (the model's weights no longer give a finite loss)"
         alternative = ", or set nonfinite_loss='skip' to go on past such steps" if in_step else ""
@@ -439,14 +460,12 @@ class Trainer:
 
     def loop(self, stop):
         config, metrics = self.config, self.metrics
-        tokens_per_step = config.gradient_accumulation_steps * config.batch_size * config.block_size
         print(f"model: {self.model.num_params() / 1e6:.2f}M parameters, {config.n_layer} layers, "
               f"{config.n_head} heads, {config.n_embd} wide, context {config.block_size}")
-        print(f"device {self.device}, dtype {self.dtype}; {tokens_per_step:,} tokens per step "
+        print(f"device {self.device}, dtype {self.dtype}; {self.tokens_per_step:,} tokens per step "
               f"({config.gradient_accumulation_steps} x {config.batch_size} x {config.block_size})")
-        if config.wandb_log:
-            metrics.start_wandb(config)
-        step_seconds, steps_since_log = 0.0, 0
+        first_iter, step_seconds, steps_since_log = self.iter_num, 0.0, 0
+        bar = progress(total=config.max_iters, initial=self.iter_num, desc="training", unit="iter")
         while True:
             it = self.iter_num
             due = it % config.eval_interval == 0 or it == config.max_iters
@@ -456,59 +475,73 @@ class Trainer:
                 break
             if stop.signal is not None:
                 self.save()
-                print(f"stopped at iteration {it}; saved {self.out_dir / 'ckpt.pt'}. "
-                      f"To continue, run the same command with --init_from=resume")
+                log(f"stopped at iteration {it}; saved {self.out_dir / 'ckpt.pt'}. "
+                    f"To continue, run the same command with --init_from=resume")
                 break
             started = time.perf_counter()
-            loss, lr = self.step()
-            step_seconds += time.perf_counter() - started
+            loss, lr, norm = self.step()
+            seconds = time.perf_counter() - started
+            self.clock.stepped(seconds)
+            step_seconds += seconds
             steps_since_log += 1
             self.iter_num += 1
+            bar.update()
             if self.iter_num % config.log_interval == 0 or self.iter_num == config.max_iters:
-                print(f"iter {self.iter_num}: loss {loss:.4f}, lr {lr:.2e}, "
-                      f"{1000 * step_seconds / steps_since_log:.1f} ms/iter, "
-                      f"{tokens_per_step * steps_since_log / step_seconds:,.0f} tok/s")
-                metrics.record({"iter": self.iter_num, "loss": loss, "lr": lr})
+                speed = self.tokens_per_step * steps_since_log / step_seconds
+                left = self.clock.left(self.iter_num, config)
+                log(f"iter {self.iter_num}/{config.max_iters}: loss {loss:.4f}, lr {lr:.2e}, "
+                    f"{1000 * step_seconds / steps_since_log:.1f} ms/iter, {speed:,.0f} tok/s, "
+                    f"{duration(self.clock.elapsed())} elapsed, {duration(left)} left")
+                metrics.record({"iter": self.iter_num, "tokens": self.iter_num * self.tokens_per_step,
+                                "loss": loss, "lr": lr, "grad_norm": norm, "tokens_per_sec": round(speed, 1),
+                                "elapsed": round(self.clock.elapsed(), 3)})
                 step_seconds, steps_since_log = 0.0, 0
+        bar.close()
+        self.summary(self.iter_num - first_iter)
+
+    def summary(self, steps):
+        """The closing lines: best val loss, where the checkpoints are, time, tokens and speed."""
         if (self.out_dir / "ckpt.pt").is_file():
             print(f"best val loss {self.best_val_loss:.4f}; checkpoints in {self.out_dir}")
         else:  # iteration 0 is never saved, and with always_save_checkpoint=False only a better val loss is
             print(f"best val loss {self.best_val_loss:.4f}; no checkpoint saved: none is written at iteration 0, "
                   f"and with always_save_checkpoint=False only when val loss improves on its best")
+        if steps:
+            step_time = self.clock.step_seconds
+            print(f"{steps:,} iterations, {steps * self.tokens_per_step:,} tokens in {duration(self.clock.session())} "
+                  f"({steps * self.tokens_per_step / step_time:,.0f} tok/s while stepping); the run so far: "
+                  f"{self.iter_num * self.tokens_per_step:,} tokens in {duration(self.clock.elapsed())}")
 
 
-class Metrics:
-    """metrics.jsonl, one JSON object per line (none when path is None), and Weights & Biases
-    if wandb_log is set."""
+class Clock:
+    """The run's wall time (carried across resumes) and the time left, from the measured
+    mean step and evaluation times of this session."""
 
-    def __init__(self, path, keep_lines):
-        self.file, self.lines, self.wandb = None, 0, None
-        if path is None:
-            return
-        # A new run starts the file afresh; a resumed one keeps the lines its checkpoint had seen.
-        lines = path.read_text().splitlines(keepends=True)[:keep_lines] if keep_lines and path.is_file() else []
-        with atomic_write(path, "w") as f:
-            f.writelines(lines)
-        self.file = open(path, "a")
-        self.lines = len(lines)
+    def __init__(self, elapsed_before=0.0):
+        self.elapsed_before, self.started = elapsed_before, time.perf_counter()
+        self.step_seconds, self.steps, self.eval_seconds, self.evals = 0.0, 0, 0.0, 0
 
-    def start_wandb(self, config):
-        import wandb
+    def session(self):
+        return time.perf_counter() - self.started
 
-        self.wandb = wandb
-        wandb.init(project=config.wandb_project, name=config.wandb_run_name, config=asdict(config))
+    def elapsed(self):
+        return self.elapsed_before + self.session()
 
-    def record(self, entry):
-        if self.file:
-            self.file.write(json.dumps(entry) + "\n")
-            self.file.flush()
-            self.lines += 1
-        if self.wandb:
-            self.wandb.log(entry, step=entry["iter"])
+    def stepped(self, seconds):
+        self.step_seconds, self.steps = self.step_seconds + seconds, self.steps + 1
 
-    def close(self):
-        if self.file:
-            self.file.close()
+    def evaluated(self, seconds):
+        self.eval_seconds, self.evals = self.eval_seconds + seconds, self.evals + 1
+
+    def left(self, iter_num, config):
+        """Seconds to the end, just after the step to iter_num: the steps left, and the
+        evaluations still to come (at each multiple of eval_interval from iter_num on, and at
+        max_iters)."""
+        evals_left = config.max_iters // config.eval_interval - (iter_num - 1) // config.eval_interval
+        evals_left += config.max_iters % config.eval_interval != 0
+        step = self.step_seconds / max(self.steps, 1)
+        evaluation = self.eval_seconds / max(self.evals, 1)
+        return (config.max_iters - iter_num) * step + evals_left * evaluation
 
 
 class StopRequest:
