@@ -5,12 +5,12 @@ import sys
 from tqdm import tqdm
 
 
-def progress(iterable=None, total=None, desc=None, unit="it", leave=False, initial=0, unit_scale=False):
+def progress(iterable=None, total=None, desc=None, unit="it", leave=False, initial=0, unit_scale=False,
+             disable=False):
     """A tqdm bar on stderr when it is a terminal; when output goes to a file or a pipe the bar is
     off (no carriage returns in a log), and the caller's own log lines are the record."""
-    return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, initial=initial,
-                unit_scale=unit_scale, file=sys.stderr, disable=None,
-                dynamic_ncols=True)
+    return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, initial=initial, unit_scale=unit_scale,
+                file=sys.stderr, disable=True if disable else None, dynamic_ncols=True)
 
 
 def log(message):

@@ -23,6 +23,7 @@ from checkpoint import atomic_write, load_checkpoint
 from hardware import autocast_context, resolve_device, resolve_dtype
 from model import GPT, GPTConfig
 from prepare.tokens import codec_from_meta, meta_problem
+from progress import progress
 from settings import UserError, load_settings, run_cli
 
 
@@ -275,7 +276,10 @@ def sample(config, out=None):
         if config.show_probs:
             print(f" step    drawn  the {count} most likely next tokens, with their probabilities after "
                   f"temperature{' (greedy: at 1)' if config.temperature == 0 else ''}; * = drawn", file=out)
+        bar = stack.enter_context(progress(total=config.max_new_tokens, desc="sampling", unit="tok",
+                                           disable=stream or config.num_samples == 1))
         for step, (tokens, logits) in enumerate(steps):
+            bar.update()
             # --show_probs shows probabilities after temperature, before top-k and top-p (greedy: at 1)
             if config.show_probs or probs_file:
                 probs = sampling_probs(logits[:, :codec.vocab_size], config.temperature or 1.0)

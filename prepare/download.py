@@ -5,6 +5,7 @@ import urllib.request
 from pathlib import Path
 
 from checkpoint import atomic_write
+from progress import progress
 from settings import UserError
 
 
@@ -23,7 +24,13 @@ def find_or_download(data_dir, filename, url, input_path=None, script="the prepa
     print(f"downloading {url} -> {path}")
     try:
         with urllib.request.urlopen(url, timeout=30) as response:
-            text = response.read()
+            size = int(response.headers.get("Content-Length") or 0) or None
+            chunks = []
+            with progress(total=size, desc="downloading", unit="B", unit_scale=True) as bar:
+                while chunk := response.read(1 << 16):
+                    chunks.append(chunk)
+                    bar.update(len(chunk))
+            text = b"".join(chunks)
     except OSError as e:
         raise UserError(
             f"could not download {url} ({getattr(e, 'reason', e)}); "

@@ -1,5 +1,6 @@
 """Data preparation: codecs, token files, metadata, downloads and the prepare script."""
 
+import io
 import json
 import os
 import stat
@@ -313,18 +314,11 @@ def test_missing_input_path(tmp_path, no_internet):
 
 
 def test_download_writes_the_file(tmp_path, monkeypatch):
-    payload = "downloaded text\n".encode()
+    payload = "downloaded text\n".encode() * 20_000  # several chunks of the download's reads
 
-    class Response:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def read(self):
-            return payload
-    monkeypatch.setattr(urllib.request, "urlopen", lambda url, *a, **k: Response())
+    class Response(io.BytesIO):
+        headers = {"Content-Length": str(len(payload))}
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, *a, **k: Response(payload))
     path = find_or_download(tmp_path / "data", "input.txt", "https://example.invalid/input.txt")
     assert path == tmp_path / "data" / "input.txt"
     assert path.read_bytes() == payload

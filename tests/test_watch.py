@@ -209,3 +209,17 @@ def test_wandb_without_a_login_is_one_line_before_anything_is_written(tiny_train
     assert len(errors) == 1 and errors[0].startswith("error: cannot start Weights & Biases")
     assert "WANDB_MODE=offline" in errors[0]
     assert not Path(arg_value(tiny_train_args, "out_dir")).exists()
+
+
+@pytest.mark.parametrize("num_samples, bar", [(3, True), (1, False)])
+def test_sampling_several_samples_shows_a_bar_in_a_terminal(trained_run, monkeypatch, num_samples, bar):
+    """Several samples print only when all are done: a bar shows them coming. One sample
+    streams its text, which is its own progress."""
+    import sample
+
+    out, _ = trained_run
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert sample.main([f"--out_dir={out}", f"--num_samples={num_samples}", "--max_new_tokens=30",
+                        "--device=cpu"]) == 0
+    assert ("sampling" in terminal.getvalue()) == bar
