@@ -43,7 +43,7 @@ def start_wandb(config):
                    settings=wandb.Settings(init_timeout=60, silent=True))
     except Exception as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:150]
-        raise UserError(f"cannot start Weights & Biases ({reason}); log in with `wandb login`, "
+        raise UserError(f"cannot start Weights & Biases ({reason}); log in with: wandb login, "
                         f"or set WANDB_MODE=offline to log to ./wandb, or set wandb_log=False") from None
     return wandb
 

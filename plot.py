@@ -27,6 +27,7 @@ def loss_figure(rows, title=None):
     """One run: the training loss of each logged step (faint), the evaluated train and val losses,
     the best val loss marked; the learning rate on a second y axis, tokens seen on a second x axis."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import EngFormatter
 
     steps, evals = split_rows(rows)
     figure = Figure(figsize=(8, 4.5), dpi=100, layout="constrained")
@@ -55,6 +56,7 @@ def loss_figure(rows, title=None):
     if per_iter:
         tokens_axis = ax.secondary_xaxis("top", functions=(lambda i: i * per_iter, lambda t: t / per_iter))
         tokens_axis.set_xlabel("tokens seen")
+        tokens_axis.xaxis.set_major_formatter(EngFormatter())  # 500k, 1M: no offset text to clash with
     handles = sum((a.get_legend_handles_labels()[0] for a in figure.axes), [])
     ax.legend(handles=handles, loc="upper right", fontsize=8)
     if title:
