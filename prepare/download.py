@@ -38,3 +38,14 @@ def find_or_download(data_dir, filename, url, input_path=None, script="the prepa
     with atomic_write(path) as f:
         f.write(text)
     return path
+
+
+def read_text(path):
+    """A source file's text: UTF-8, not empty; a byte-order mark is not a character of it."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8") from None
+    if not text:
+        raise UserError(f"{path} is empty; give it some text")
+    return text

@@ -14,7 +14,7 @@ import numpy as np
 
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from prepare.download import find_or_download
+from prepare.download import find_or_download, read_text
 from prepare.tokens import CharCodec, write_dataset
 from settings import UserError, run_cli
 
@@ -25,12 +25,7 @@ def prepare(out_dir="data/shakespeare_char", input_path=None, val_fraction=0.1):
     out_dir = Path(out_dir)
     source = find_or_download(out_dir, "input.txt", URL, input_path,
                               script=f"prepare/shakespeare_char.py --out_dir {out_dir}")
-    try:
-        text = source.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark is not a character of the text
-    except UnicodeDecodeError as e:
-        raise UserError(f"{source} is not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8") from None
-    if not text:
-        raise UserError(f"{source} is empty; give it some text")
+    text = read_text(source)
     codec = CharCodec("".join(sorted(set(text))))
     if codec.vocab_size > 2**16:
         raise UserError(f"{source} has {codec.vocab_size:,} distinct characters; at most 65,536 fit a token file")

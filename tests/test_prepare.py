@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from checkpoint import atomic_write
-from prepare import shakespeare_char
+from prepare import shakespeare, shakespeare_char
 from prepare.download import find_or_download
 from prepare.tokens import CharCodec, read_meta, read_tokens, write_tokens
 from settings import UserError, run_cli
@@ -383,3 +383,41 @@ def test_tiktoken_codec_round_trip(gpt2_codec):
     assert gpt2_codec.eot_token in ids  # the end-of-text marker is one token
     assert gpt2_codec.vocab_size == gpt2_codec.eot_token + 1
     assert max(ids) < gpt2_codec.vocab_size <= 2**16  # fits a token file
+
+
+SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+
+
+@pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="tiny Shakespeare is not beside the project")
+def test_shakespeare_bpe_gives_nanogpts_counts(gpt2_codec, tmp_path):
+    codec = gpt2_codec
+    out_dir = tmp_path / "shakespeare"
+    shakespeare.prepare(out_dir, input_path=str(SHAKESPEARE))
+    train, val = read_tokens(out_dir / "train.bin"), read_tokens(out_dir / "val.bin")
+    assert (len(train), len(val)) == (301_966, 36_059)  # the counts nanoGPT's data/shakespeare documents
+    assert train.dtype == np.uint16
+    text = SHAKESPEARE.read_text(encoding="utf-8")
+    assert codec.decode(train.tolist()) + codec.decode(val.tolist()) == text
+    assert read_meta(out_dir) == {"codec": "tiktoken", "encoding": "gpt2", "vocab_size": 50257}
+
+
+def test_bpe_data_trains_and_samples(gpt2_codec, monkeypatch, tmp_path):
+    """GPT-2 BPE end to end: prepare, train a tiny model a few steps (its vocabulary padded to
+    50304), sample text back through the BPE."""
+    import sample
+    import train
+
+    monkeypatch.chdir(tmp_path)
+    source = tmp_path / "input.txt"
+    source.write_text(TEXT * 20)
+    shakespeare.prepare(tmp_path / "data" / "bpe", input_path=str(source))
+    out = tmp_path / "out"
+    assert train.main([f"--data_dir={tmp_path / 'data'}", "--dataset=bpe", f"--out_dir={out}", "--n_layer=1",
+                       "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=2",
+                       "--gradient_accumulation_steps=1", "--max_iters=4", "--eval_interval=2", "--eval_iters=1",
+                       "--warmup_iters=1", "--lr_decay_iters=4", "--device=cpu", "--dtype=float32"]) == 0
+    from checkpoint import load_checkpoint
+    assert load_checkpoint(out / "ckpt.pt")["model_config"]["vocab_size"] == 50304
+    texts = sample.sample(sample.SampleConfig(out_dir=str(out), start="To be", max_new_tokens=8, device="cpu"),
+                          out=io.StringIO())
+    assert len(texts) == 1 and texts[0]
