@@ -188,10 +188,10 @@ def ensure_data(config):
         return data_dir
     script = config.dataset.isidentifier() and importlib.util.find_spec(f"prepare.{config.dataset}")
     module = script and importlib.import_module(f"prepare.{config.dataset}")
-    if not callable(getattr(module, "prepare", None)):  # prepare/tokens.py and the like make no data set
+    if not callable(getattr(module, "prepare", None)):  # prepare/tokens.py, text.py and the like make no data set
         raise UserError(f"no prepared data in {data_dir} (train.bin, val.bin, meta.json) and no "
                         f"prepare/{config.dataset}.py to make it; for your own text run "
-                        f"python prepare/shakespeare_char.py --input YOUR.txt --out_dir {data_dir}")
+                        f"python prepare/text.py --input YOUR.txt --out_dir {data_dir}")
     print(f"{data_dir} has no prepared data: running prepare/{config.dataset}.py")
     module.prepare(data_dir)
     return data_dir

@@ -1,7 +1,7 @@
 """Tiny Shakespeare at the character level: every distinct character is a token.
 
     python prepare/shakespeare_char.py                 # data/shakespeare_char/input.txt, downloaded if missing
-    python prepare/shakespeare_char.py --input PATH    # any text file of your own
+    python prepare/shakespeare_char.py --input PATH    # the same file from elsewhere (your own text: prepare/text.py)
 
 Writes train.bin and val.bin (90/10 split) and meta.json (the vocabulary) beside it.
 """
@@ -10,13 +10,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from prepare.download import find_or_download, read_text
-from prepare.tokens import CharCodec, write_dataset
-from settings import UserError, run_cli
+from prepare.download import find_or_download
+from prepare.text import prepare_text
+from settings import run_cli
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
@@ -25,16 +23,7 @@ def prepare(out_dir="data/shakespeare_char", input_path=None, val_fraction=0.1):
     out_dir = Path(out_dir)
     source = find_or_download(out_dir, "input.txt", URL, input_path,
                               script=f"prepare/shakespeare_char.py --out_dir {out_dir}")
-    text = read_text(source)
-    codec = CharCodec("".join(sorted(set(text))))
-    if codec.vocab_size > 2**16:
-        raise UserError(f"{source} has {codec.vocab_size:,} distinct characters; at most 65,536 fit a token file")
-    ids = np.array(codec.encode(text), dtype=np.uint16)
-    split = int(len(ids) * (1 - val_fraction))
-    write_dataset(out_dir, ids[:split], ids[split:],
-                  {"codec": "char", "vocab_size": codec.vocab_size, "chars": codec.chars})
-    print(f"{source}: {len(text):,} characters, vocabulary of {codec.vocab_size}; "
-          f"train {split:,} tokens, val {len(ids) - split:,} tokens -> {out_dir}")
+    prepare_text(out_dir, source, tokenizer="char", val_fraction=val_fraction)
 
 
 def main(argv=None):

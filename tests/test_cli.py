@@ -111,17 +111,18 @@ def test_train_prepares_missing_data(tmp_path, monkeypatch, capsys):
     assert load_checkpoint(tmp_path / "out" / "ckpt.pt")["iter_num"] == 2
 
 
-def test_missing_data_without_prepare_script(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("dataset", ["my_text", "text", "tokens"])  # prepare/text.py and tokens.py make no data set
+def test_missing_data_without_prepare_script(tmp_path, monkeypatch, capsys, dataset):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     (out / "metrics.jsonl").write_text('{"iter": 0, "loss": 1.0}\n')  # an earlier run's
     with pytest.raises(SystemExit) as excinfo:
-        train.main(tiny_args(tmp_path / "data", "my_text", out))
-    assert_one_error_line(capsys, excinfo, str(tmp_path / "data" / "my_text"),
-                          "python prepare/shakespeare_char.py")
+        train.main(tiny_args(tmp_path / "data", dataset, out))
+    assert_one_error_line(capsys, excinfo, str(tmp_path / "data" / dataset),
+                          f"python prepare/text.py --input YOUR.txt --out_dir {tmp_path / 'data' / dataset}")
     assert (out / "metrics.jsonl").read_text() == '{"iter": 0, "loss": 1.0}\n'  # left alone
-    assert not (tmp_path / "data" / "my_text").exists()
+    assert not (tmp_path / "data" / dataset).exists()
 
 
 @pytest.mark.parametrize("length", [15, 40])

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from checkpoint import atomic_write
-from prepare import shakespeare, shakespeare_char
+from prepare import shakespeare, shakespeare_char, text
 from prepare.download import find_or_download
 from prepare.tokens import CharCodec, read_meta, read_tokens, write_tokens
 from settings import UserError, run_cli
@@ -421,3 +421,48 @@ def test_bpe_data_trains_and_samples(gpt2_codec, monkeypatch, tmp_path):
     texts = sample.sample(sample.SampleConfig(out_dir=str(out), start="To be", max_new_tokens=8, device="cpu"),
                           out=io.StringIO())
     assert len(texts) == 1 and texts[0]
+
+
+def own_text_folder(tmp_path):
+    folder = tmp_path / "texts"
+    (folder / "more").mkdir(parents=True)
+    (folder / "a.txt").write_text("First file.")
+    (folder / "more" / "b.txt").write_text("Second file, in a subfolder.\n")
+    (folder / "c.md").write_text("Third.")
+    (folder / ".hidden").write_text("never read")
+    return folder
+
+
+def test_own_text_folder_char(tmp_path):
+    text.prepare_text(tmp_path / "mine", own_text_folder(tmp_path), tokenizer="char")
+    meta = read_meta(tmp_path / "mine")
+    codec = CharCodec(meta["chars"])
+    whole = decode_file(tmp_path / "mine" / "train.bin", codec) + decode_file(tmp_path / "mine" / "val.bin", codec)
+    assert whole == "First file.\nThird.\nSecond file, in a subfolder.\n"  # sorted by path, a newline between
+    assert len(read_tokens(tmp_path / "mine" / "train.bin")) == int(len(whole) * 0.9)
+
+
+def test_own_text_gpt2_puts_end_of_text_between_files(gpt2_codec, tmp_path):
+    folder = own_text_folder(tmp_path)
+    text.prepare_text(tmp_path / "mine", folder, tokenizer="gpt2")
+    ids = np.concatenate([read_tokens(tmp_path / "mine" / f"{split}.bin") for split in ("train", "val")]).tolist()
+    encode, eot = gpt2_codec.encoding.encode_ordinary, gpt2_codec.eot_token
+    assert ids == encode("First file.") + [eot] + encode("Third.") + [eot] + encode("Second file, in a subfolder.\n")
+    assert read_meta(tmp_path / "mine") == {"codec": "tiktoken", "encoding": "gpt2", "vocab_size": 50257}
+
+
+@pytest.mark.parametrize("make_args, fragment", [
+    (lambda t: ["--input", str(t / "nope"), "--out_dir", str(t / "out")], "input not found"),
+    (lambda t: ["--input", str(t / "empty"), "--out_dir", str(t / "out")], "holds no files"),
+    (lambda t: ["--input", str(t / "texts"), "--out_dir", str(t / "out"), "--tokenizer", "bpe"],
+     "--tokenizer must be char or gpt2"),
+])
+def test_own_text_mistakes(tmp_path, capsys, make_args, fragment):
+    own_text_folder(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as info:
+        run_cli(text.main, make_args(tmp_path))
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0]
+    assert not (tmp_path / "out").exists()
