@@ -1,5 +1,7 @@
 """The source text of a data set: a file the user names, one already in place, or a download."""
 
+import argparse
+import inspect
 import os
 import urllib.request
 from pathlib import Path
@@ -49,3 +51,14 @@ def read_text(path):
     if not text:
         raise UserError(f"{path} is empty; give it some text")
     return text
+
+
+def prepare_from_source(prepare, doc, argv=None):
+    """The command line of a data-set script made from one source file: --input (else the file
+    in place, or downloaded) and --out_dir (default: prepare's own)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", help="the source file, if you have it already")
+    default_out_dir = inspect.signature(prepare).parameters["out_dir"].default
+    parser.add_argument("--out_dir", default=default_out_dir, help="where to write the token files")
+    args = parser.parse_args(argv)
+    prepare(args.out_dir, args.input)

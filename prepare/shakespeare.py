@@ -7,7 +7,6 @@ Writes train.bin and val.bin (the first 90% of the text and the rest, as nanoGPT
 and meta.json beside it.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from prepare.download import find_or_download, read_text
+from prepare.download import find_or_download, prepare_from_source, read_text
 from prepare.shakespeare_char import URL
 from prepare.tokens import TiktokenCodec, write_dataset
 from settings import run_cli
@@ -36,11 +35,7 @@ def prepare(out_dir="data/shakespeare", input_path=None, val_fraction=0.1):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", help="tiny Shakespeare's input.txt, if you have it already")
-    parser.add_argument("--out_dir", default="data/shakespeare", help="where to write the token files")
-    args = parser.parse_args(argv)
-    prepare(args.out_dir, args.input)
+    prepare_from_source(prepare, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,12 @@
 Writes train.bin and val.bin (90/10 split) and meta.json (the vocabulary) beside it.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from prepare.download import find_or_download
+from prepare.download import find_or_download, prepare_from_source
 from prepare.text import prepare_text
 from settings import run_cli
 
@@ -27,11 +26,7 @@ def prepare(out_dir="data/shakespeare_char", input_path=None, val_fraction=0.1):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", help="a text file to use instead of tiny Shakespeare")
-    parser.add_argument("--out_dir", default="data/shakespeare_char", help="where to write the token files")
-    args = parser.parse_args(argv)
-    prepare(args.out_dir, args.input)
+    prepare_from_source(prepare, __doc__, argv)
 
 
 if __name__ == "__main__":
