@@ -62,13 +62,14 @@ def save_checkpoint(path, state, copies=()):
 CHECKPOINT_KEYS = ("model", "model_config", "train_config", "iter_num", "best_val_loss", "meta")  # what sample.py needs
 
 
-def load_checkpoint(path, device="cpu"):
-    """Read a checkpoint written by train.py, checking that it is one."""
+def load_checkpoint(path, device="cpu", mmap=False):
+    """Read a checkpoint written by train.py, checking that it is one. mmap: map the tensors
+    rather than read them (cheap when only the settings are wanted)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}; train one first (python train.py CONFIG) or set out_dir")
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        state = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except Exception as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0][:100]
         raise UserError(f"{path} is not a readable checkpoint ({reason}); "

@@ -6,16 +6,13 @@ any number of runs on one picture, or in the terminal, to compare experiments.
     python plot.py out-a out-b --terminal           # the same curves as text, for a machine with no display
 """
 
-import argparse
 import math
 import sys
 from pathlib import Path
 
-import torch
-
-from checkpoint import atomic_write
+from checkpoint import atomic_write, load_checkpoint
 from metrics import read_metrics
-from settings import UserError, run_cli
+from settings import ArgumentParser, UserError, run_cli
 
 
 def split_rows(rows):
@@ -121,12 +118,7 @@ def run_label(out_dir, keys):
     """The run's folder name, or key=value for each named setting, read from its checkpoint."""
     if not keys:
         return str(out_dir)
-    path = Path(out_dir) / "ckpt.pt"
-    try:  # mmap: the settings are read without loading the weights
-        settings = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["train_config"]
-    except Exception:
-        raise UserError(f"cannot read the settings of {out_dir} from {path}; label runs by folder "
-                        f"(leave out --label)") from None
+    settings = load_checkpoint(Path(out_dir) / "ckpt.pt", mmap=True)["train_config"]
     unknown = [k for k in keys if k not in settings]
     if unknown:
         raise UserError(f"--label: {out_dir} has no setting {unknown[0]!r}")
@@ -134,7 +126,7 @@ def run_label(out_dir, keys):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("runs", nargs="+", help="out_dir folders, each holding a metrics.jsonl")
     parser.add_argument("--out", default="compare.png", help="the picture to write (default: compare.png)")
     parser.add_argument("--label", default="", help="comma-separated settings to label runs by, e.g. learning_rate")

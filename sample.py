@@ -120,10 +120,7 @@ class TokenSampler:
         if self.generators is not None and len(self.generators) != logits.size(0):
             raise ValueError(f"need one generator per row of idx: got {len(self.generators)} "
                              f"for {logits.size(0)} rows")
-        if self.vocab_limit is not None:
-            logits = logits.clone()
-            logits[:, self.vocab_limit:] = float("-inf")
-        probs = _filtered_probs(logits, self.temperature, self.top_k, self.top_p)
+        probs = _filtered_probs(logits[:, :self.vocab_limit], self.temperature, self.top_k, self.top_p)
         if self.generators is None:
             return torch.multinomial(probs, 1).squeeze(1)
         return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators)])
@@ -282,7 +279,7 @@ def sample(config, out=None):
             bar.update()
             # --show_probs shows probabilities after temperature, before top-k and top-p (greedy: at 1)
             if config.show_probs or probs_file:
-                probs = sampling_probs(logits[:, :codec.vocab_size], config.temperature or 1.0)
+                probs = _filtered_probs(logits[:, :codec.vocab_size], config.temperature or 1.0, None, None)
             for i, (s, token) in enumerate(zip(samples, tokens.tolist())):
                 if s.done:
                     continue

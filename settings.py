@@ -5,6 +5,7 @@
 A user's mistake raises UserError; run_cli turns it into one line and exit status 2.
 """
 
+import argparse
 import ast
 import difflib
 import os
@@ -13,6 +14,7 @@ import sys
 import types
 import typing
 from dataclasses import asdict, fields
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -35,6 +37,17 @@ def run_cli(main, argv=None):
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         raise SystemExit(141) from None
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the small scripts, whose mistakes are UserErrors like every other: one
+    line and exit status 2, not a usage block."""
+
+    def __init__(self, description):
+        super().__init__(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 def load_settings(cls, argv):
@@ -63,7 +76,7 @@ def load_settings(cls, argv):
     values = {}
     for path in files:
         # A file sees the settings so far (nanoGPT's files use defaults they do not set:
-        # `min_lr = learning_rate / 10`) and gives back what it assigns or changes.
+        # `min_lr = learning_rate / 10`) and gives back what it assigns.
         for key, value in _run_config_file(path, {**asdict(cls()), **values}).items():
             values[key] = _check(cls, types_, key, value, path)
     for key, raw, source in overrides:
@@ -87,7 +100,7 @@ def _run_config_file(path, settings):
     if not os.path.isfile(path):
         raise UserError(f"config file not found: {path}")
     try:
-        assigned = {node.id for node in ast.walk(ast.parse(open(path, "rb").read(), path))
+        assigned = {node.id for node in ast.walk(ast.parse(Path(path).read_bytes(), path))
                     if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)}
         namespace = runpy.run_path(path, init_globals=settings)
     except SyntaxError as e:

@@ -251,7 +251,7 @@ class Trainer:
         data_dir = ensure_data(config)
         self.meta = read_meta(data_dir)
         self.sampler = BatchSampler(data_dir, config.block_size, config.batch_size, config.seed)
-        self.model = GPT(config.model_config(self.vocab_size(saved))).to(self.device)
+        self.model = GPT(config.model_config(self.vocab_size())).to(self.device)
         self.optimizer = self.model.configure_optimizers(
             config.weight_decay, config.learning_rate, (config.beta1, config.beta2), self.device_type)
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype == "float16")
@@ -275,16 +275,10 @@ class Trainer:
                             f"start with --init_from=scratch or set out_dir to the run to resume")
         return load_checkpoint(path, self.device)
 
-    def vocab_size(self, saved):
-        """The model's vocabulary: a resumed checkpoint's, the setting, or the data's."""
+    def vocab_size(self):
+        """The model's vocabulary: the setting (a resumed run's is its checkpoint's), else the data's."""
         data_vocab, config = self.meta["vocab_size"], self.config
-        if saved:
-            vocab_size = saved["model_config"]["vocab_size"]
-            if "vocab_size" in given_settings(config) and config.vocab_size != vocab_size:
-                raise UserError(f"{self.out_dir / 'ckpt.pt'} holds a different model: vocab_size={vocab_size!r} "
-                                f"(settings: {config.vocab_size!r}); leave the model settings out to take "
-                                f"the checkpoint's, or start a new out_dir")
-        elif config.vocab_size is not None:
+        if config.vocab_size is not None:
             vocab_size = config.vocab_size
         else:  # BPE padded to a multiple of 64 runs faster; the extra rows go unused
             vocab_size = data_vocab if self.meta["codec"] == "char" else -(-data_vocab // 64) * 64

@@ -1,6 +1,5 @@
 """The source text of a data set: a file the user names, one already in place, or a download."""
 
-import argparse
 import inspect
 import os
 import urllib.request
@@ -8,7 +7,7 @@ from pathlib import Path
 
 from checkpoint import atomic_write
 from progress import progress
-from settings import UserError
+from settings import ArgumentParser, UserError
 
 
 def find_or_download(data_dir, filename, url, input_path=None, script="the prepare script"):
@@ -56,7 +55,7 @@ def read_text(path):
 def prepare_from_source(prepare, doc, argv=None):
     """The command line of a data-set script made from one source file: --input (else the file
     in place, or downloaded) and --out_dir (default: prepare's own)."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(doc)
     parser.add_argument("--input", help="the source file, if you have it already")
     default_out_dir = inspect.signature(prepare).parameters["out_dir"].default
     parser.add_argument("--out_dir", default=default_out_dir, help="where to write the token files")

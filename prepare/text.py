@@ -10,7 +10,6 @@ file is read (sorted by path, hidden ones skipped), each must be UTF-8; with gpt
 end-of-text token separates one file from the next, and with char a newline does.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from prepare.download import read_text
 from prepare.tokens import CharCodec, TiktokenCodec, write_dataset
-from settings import UserError, run_cli
+from settings import ArgumentParser, UserError, run_cli
 
 
 def source_files(path):
@@ -53,8 +52,9 @@ def tokenize(texts, tokenizer):
     return np.array(ids, dtype=np.uint16), {"codec": "tiktoken", "encoding": "gpt2", "vocab_size": codec.vocab_size}
 
 
+# Named prepare_text, not prepare: it makes no data set of its own, so train.py never runs it by itself.
 def prepare_text(out_dir, input_path, tokenizer="char", val_fraction=0.1):
-    """No prepare() here: this makes no data set of its own, so train.py never runs it by itself."""
+    """input_path (a file or a folder) -> out_dir/train.bin, val.bin and meta.json."""
     if tokenizer not in ("char", "gpt2"):
         raise UserError(f"--tokenizer must be char or gpt2, got {tokenizer!r}")
     files = source_files(input_path)
@@ -66,7 +66,7 @@ def prepare_text(out_dir, input_path, tokenizer="char", val_fraction=0.1):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--input", required=True, help="a text file, or a folder of text files")
     parser.add_argument("--out_dir", required=True, help="where to write the token files, e.g. data/mine")
     parser.add_argument("--tokenizer", default="char", help="char (one token per character) or gpt2 (BPE)")

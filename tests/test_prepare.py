@@ -456,6 +456,9 @@ def test_own_text_gpt2_puts_end_of_text_between_files(gpt2_codec, tmp_path):
     (lambda t: ["--input", str(t / "empty"), "--out_dir", str(t / "out")], "holds no files"),
     (lambda t: ["--input", str(t / "texts"), "--out_dir", str(t / "out"), "--tokenizer", "bpe"],
      "--tokenizer must be char or gpt2"),
+    (lambda t: ["--input", str(t / "texts")], "the following arguments are required: --out_dir (see"),
+    (lambda t: ["--input", str(t / "texts"), "--out_dir", str(t / "out"), "--tokenzer=gpt2"],
+     "unrecognized arguments: --tokenzer=gpt2"),
 ])
 def test_own_text_mistakes(tmp_path, capsys, make_args, fragment):
     own_text_folder(tmp_path)
