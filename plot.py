@@ -140,7 +140,8 @@ def main(argv=None):
             path = Path(out_dir) / "metrics.jsonl"
             if not path.is_file():
                 raise UserError(f"no metrics.jsonl in {out_dir}; name folders that train.py wrote (its out_dir)")
-            runs[run_label(out_dir, keys)] = read_metrics(path)
+            label = run_label(out_dir, keys)
+            runs[label if label not in runs else f"{label} ({out_dir})"] = read_metrics(path)  # never one over another
         if args.terminal:
             print(terminal_chart(runs))
             return

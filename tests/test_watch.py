@@ -4,6 +4,7 @@ picture and terminal chart, progress bars only in a terminal, and Weights & Bias
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -144,6 +145,16 @@ def test_compare_draws_every_run(tiny_train_args, tmp_path, monkeypatch, capsys)
     assert "a: learning_rate=0.003" in text and "b: learning_rate=0.0003" in text
     chart = [line.split("|", 1)[1] for line in text.splitlines() if "|" in line]
     assert any("a" in row for row in chart) and any("b" in row for row in chart)
+
+
+def test_compare_keeps_runs_whose_labels_are_the_same(trained_run, tmp_path, capsys):
+    out, _ = trained_run
+    twin = tmp_path / "twin"
+    shutil.copytree(out, twin)
+    assert plot.main([str(out), str(twin), "--terminal", "--label", "learning_rate"]) == 0
+    legend = [line for line in capsys.readouterr().out.splitlines() if line[:5] in ("  a: ", "  b: ")]
+    assert legend[0].startswith("  a: learning_rate=0.001 (val") and legend[1].startswith(
+        f"  b: learning_rate=0.001 ({twin}) (val")
 
 
 def test_terminal_chart_puts_the_curve_where_the_values_are():
