@@ -27,7 +27,7 @@ from hardware import autocast_context, resolve_device, resolve_dtype
 from metrics import Metrics, start_wandb
 from model import GPT, GPTConfig
 from plot import loss_figure, save_png
-from prepare.tokens import read_meta, read_tokens
+from prepare.tokens import dataset_meta, is_prepared, read_split, split_files
 from progress import duration, log, progress
 from settings import UserError, load_settings, run_cli
 
@@ -150,23 +150,30 @@ def settings_for_resume(config, state, path):
 class BatchSampler:
     """Random contiguous windows of the token files: x is block_size tokens, y the same shifted
     by one. The only source of batches: which ones a run sees depends only on the seed and on
-    how many it has drawn, which state_dict() captures for an exact resume."""
+    how many it has drawn, which state_dict() captures for an exact resume. A split may be
+    several files (shards): a window lies within one, each start equally likely."""
 
-    def __init__(self, data_dir, block_size, batch_size, seed):
+    def __init__(self, data_dir, meta, block_size, batch_size, seed):
         self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
-        self.data = {split: read_tokens(Path(data_dir) / f"{split}.bin") for split in ("train", "val")}
-        for split, tokens in self.data.items():
-            if len(tokens) <= block_size:
-                raise UserError(f"{data_dir}/{split}.bin has {len(tokens):,} tokens, but block_size={block_size} "
+        self.data = {split: read_split(data_dir, split, meta) for split in ("train", "val")}
+        self.starts = {}  # per split, the cumulative count of window starts over its files
+        for split, files in self.data.items():
+            self.starts[split] = np.cumsum([max(len(tokens) - block_size, 0) for tokens in files])
+            if self.starts[split][-1] == 0:
+                paths = split_files(data_dir)[split]
+                where = paths[0] if len(paths) == 1 else f"each {split} shard in {data_dir}"
+                raise UserError(f"{where} has {max(map(len, files)):,} tokens, but block_size={block_size} "
                                 f"needs more than that; use more text or a smaller block_size")
         self.rng = np.random.default_rng(seed)
 
     def batch(self, split, rng=None):
         """(x, y), each (batch_size, block_size) int64 on the CPU."""
-        tokens = self.data[split]
-        offsets = (rng or self.rng).integers(0, len(tokens) - self.block_size, size=self.batch_size)
-        windows = np.stack([tokens[o : o + self.block_size + 1] for o in offsets]).astype(np.int64)
-        windows = torch.from_numpy(windows)
+        starts = self.starts[split]
+        offsets = (rng or self.rng).integers(0, starts[-1], size=self.batch_size)
+        files = np.searchsorted(starts, offsets, side="right")
+        offsets -= np.concatenate(([0], starts[:-1]))[files]
+        windows = np.stack([self.data[split][f][o : o + self.block_size + 1] for f, o in zip(files, offsets)])
+        windows = torch.from_numpy(windows.astype(np.int64))
         return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
 
     def eval_batches(self, split, count):
@@ -182,13 +189,17 @@ class BatchSampler:
 
 
 def ensure_data(config):
-    """The data folder, prepared by prepare/<dataset>.py first if its files are missing."""
+    """The data folder, prepared by prepare/<dataset>.py first if it holds no data. Data that
+    nanoGPT or llm.c prepared is used as it is, never prepared over."""
     data_dir = Path(config.data_dir) / config.dataset
-    if all((data_dir / name).is_file() for name in ("train.bin", "val.bin", "meta.json")):
+    if is_prepared(data_dir):
         return data_dir
     script = config.dataset.isidentifier() and importlib.util.find_spec(f"prepare.{config.dataset}")
     module = script and importlib.import_module(f"prepare.{config.dataset}")
-    if not callable(getattr(module, "prepare", None)):  # prepare/tokens.py, text.py and the like make no data set
+    if hasattr(module, "prepare_corpus"):  # a large download: the user starts it, train.py does not
+        raise UserError(f"no prepared data in {data_dir}; make it first with python prepare/{config.dataset}.py "
+                        f"(see its --help for the disk and time it takes)")
+    if not callable(getattr(module, "prepare", None)):  # prepare/tokens.py and the like make no data set
         raise UserError(f"no prepared data in {data_dir} (train.bin, val.bin, meta.json) and no "
                         f"prepare/{config.dataset}.py to make it; for your own text run "
                         f"python prepare/text.py --input YOUR.txt --out_dir {data_dir}")
@@ -249,8 +260,8 @@ class Trainer:
         seed_everything(config.seed)
 
         data_dir = ensure_data(config)
-        self.meta = read_meta(data_dir)
-        self.sampler = BatchSampler(data_dir, config.block_size, config.batch_size, config.seed)
+        self.meta = dataset_meta(data_dir)
+        self.sampler = BatchSampler(data_dir, self.meta, config.block_size, config.batch_size, config.seed)
         self.model = GPT(config.model_config(self.vocab_size())).to(self.device)
         self.optimizer = self.model.configure_optimizers(
             config.weight_decay, config.learning_rate, (config.beta1, config.beta2), self.device_type)

@@ -3,6 +3,8 @@ dataset's metadata (meta.json: which codec and vocabulary), and the codecs thems
 
 import json
 import os
+import pickle
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -10,25 +12,67 @@ import numpy as np
 from checkpoint import atomic_write
 from settings import UserError
 
-# A token file is a 1024-byte header of int64s (magic, version, token count, bytes per
-# token) followed by the tokens as little-endian uint16.
+# A token file is a 1024-byte header of int64s (magic, version, token count, bytes per token,
+# vocabulary size; then, from int 8, the tokenizer's name in ASCII) followed by the tokens as
+# little-endian uint16. Files written before the vocabulary was recorded hold zeros there.
 TOKENS_MAGIC, TOKENS_VERSION, HEADER_INTS = 20261123, 1, 128
+NAME_OFFSET, NAME_BYTES = 64, 64  # where in the header the tokenizer's name lies
+LLMC_MAGIC = 20240520  # llm.c and modded-nanogpt shards: 256 int32 (magic, version, count), then uint16
 
 
-def write_tokens(path, tokens):
-    """Write a 1-D array of token ids (each < 65536) to path, atomically."""
-    tokens = np.asarray(tokens)
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**16):
-        raise ValueError("token ids must be in [0, 65535] to be stored as uint16")
+def tokenizer_name(meta):
+    """'char', or the tiktoken encoding ('gpt2'): what a token file records of its metadata."""
+    return "char" if meta["codec"] == "char" else meta["encoding"]
+
+
+def token_header(count, meta=None):
     header = np.zeros(HEADER_INTS, dtype="<i8")
-    header[:4] = [TOKENS_MAGIC, TOKENS_VERSION, tokens.size, 2]
+    header[:4] = [TOKENS_MAGIC, TOKENS_VERSION, count, 2]
+    if meta is not None:
+        header[4] = meta["vocab_size"]
+        name = tokenizer_name(meta).encode("ascii")[:NAME_BYTES]
+        raw = bytearray(header.tobytes())
+        raw[NAME_OFFSET : NAME_OFFSET + len(name)] = name
+        return bytes(raw)
+    return header.tobytes()
+
+
+class TokenWriter:
+    """Appends tokens to an open token file; token_writer() fills in the count at the end."""
+
+    def __init__(self, f, meta):
+        self.f, self.meta, self.count = f, meta, 0
+        self.limit = meta["vocab_size"] if meta is not None else 2**16
+
+    def write(self, tokens):
+        tokens = np.asarray(tokens)
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.limit):
+            raise ValueError(f"token ids must be in [0, {self.limit - 1}] (the vocabulary, stored as uint16)")
+        self.f.write(tokens.astype("<u2").tobytes())
+        self.count += tokens.size
+
+
+@contextmanager
+def token_writer(path, meta=None):
+    """Write a token file piece by piece (never all of it in memory), atomically:
+    with token_writer(path, meta) as out: out.write(ids) ..."""
     with atomic_write(path) as f:
-        f.write(header.tobytes())
-        f.write(tokens.astype("<u2").tobytes())
+        f.write(token_header(0, meta))
+        out = TokenWriter(f, meta)
+        yield out
+        f.seek(0)
+        f.write(token_header(out.count, meta))
 
 
-def read_tokens(path):
-    """Memory-map a token file written by write_tokens, checking its header."""
+def write_tokens(path, tokens, meta=None):
+    """Write a 1-D array of token ids (each < 65536, and < meta's vocab_size) to path, atomically."""
+    with token_writer(path, meta) as out:
+        out.write(tokens)
+
+
+def read_tokens(path, meta=None):
+    """Memory-map a token file written by write_tokens, checking its header (and, given the
+    data set's meta, that the file holds tokens of that vocabulary)."""
     hint = "; prepare the data again (python prepare/<dataset>.py)"
     try:
         header = np.fromfile(path, dtype="<i8", count=HEADER_INTS)
@@ -41,17 +85,25 @@ def read_tokens(path):
     count = int(header[2])
     if os.path.getsize(path) != HEADER_INTS * 8 + 2 * count:
         raise UserError(f"{path} is truncated: its header promises {count:,} tokens{hint}")
+    name = header.tobytes()[NAME_OFFSET : NAME_OFFSET + NAME_BYTES].rstrip(b"\0").decode("ascii", "replace")
+    if meta is not None and header[4] and (header[4], name) != (meta["vocab_size"], tokenizer_name(meta)):
+        raise UserError(f"{path} holds {name} tokens (a vocabulary of {header[4]:,}) but meta.json beside it "
+                        f"says {tokenizer_name(meta)} ({meta['vocab_size']:,}){hint}")
+    return map_tokens(path, HEADER_INTS * 8, count)
+
+
+def map_tokens(path, offset, count):
     if count == 0:
         return np.zeros(0, dtype=np.uint16)
-    return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_INTS * 8, shape=(count,))
+    return np.memmap(path, dtype="<u2", mode="r", offset=offset, shape=(count,))
 
 
 def write_dataset(out_dir, train, val, meta):
     """A prepared dataset: out_dir/train.bin, val.bin and meta.json (written last: a folder
     without it is unfinished, and train.py prepares it again)."""
     try:
-        write_tokens(Path(out_dir) / "train.bin", train)
-        write_tokens(Path(out_dir) / "val.bin", val)
+        write_tokens(Path(out_dir) / "train.bin", train, meta)
+        write_tokens(Path(out_dir) / "val.bin", val, meta)
         write_meta(out_dir, meta)
     except OSError as e:
         raise UserError(f"cannot write the prepared data to {out_dir}: {e.strerror}; "
@@ -94,6 +146,99 @@ def meta_problem(meta):
     else:
         return f"unknown codec {codec!r} (expected 'char' or 'tiktoken')"
     return None
+
+
+# ----------------------------------------------------------------------------- a data folder
+
+def split_files(data_dir):
+    """{'train': [paths], 'val': [paths]} of a data folder, or None: train.bin and val.bin (ours
+    or nanoGPT's), else llm.c / modded-nanogpt shards (*train*.bin, *val*.bin)."""
+    data_dir = Path(data_dir)
+    if (data_dir / "train.bin").is_file() and (data_dir / "val.bin").is_file():
+        return {"train": [data_dir / "train.bin"], "val": [data_dir / "val.bin"]}
+    shards = {split: sorted(p for p in data_dir.glob(f"*{split}*.bin") if p.is_file()) for split in ("train", "val")}
+    return shards if all(shards.values()) else None
+
+
+def magic(path):
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return int.from_bytes(head, "little") if len(head) == 8 else None
+
+
+def is_prepared(data_dir):
+    """Whether data_dir holds data to train on: ours, finished (meta.json is written last), or
+    another tool's (nanoGPT's raw files, llm.c shards), which is used as it is."""
+    files = split_files(data_dir)
+    if files is None:
+        return False
+    return (Path(data_dir) / "meta.json").is_file() or magic(files["train"][0]) != TOKENS_MAGIC
+
+
+def read_split(data_dir, split, meta):
+    """The token arrays of one split (several for shards), memory-mapped."""
+    if (Path(data_dir) / "meta.json").is_file():
+        return [read_tokens(path, meta) for path in split_files(data_dir)[split]]
+    return [read_foreign_tokens(path) for path in split_files(data_dir)[split]]
+
+
+def read_foreign_tokens(path):
+    """nanoGPT's raw uint16 files, or an llm.c shard (256 int32: magic, version, count)."""
+    size = os.path.getsize(path)
+    header = np.fromfile(path, dtype="<i4", count=256)
+    if header.size == 256 and header[0] == LLMC_MAGIC:
+        if header[1] != 1:
+            raise UserError(f"{path} is an llm.c shard of version {header[1]} (not GPT-2's uint16 tokens); "
+                            f"prepare the data with GPT-2's tokenizer")
+        count = int(header[2])
+        if size != 1024 + 2 * count:
+            raise UserError(f"{path} is truncated: its header promises {count:,} tokens; prepare the data again")
+        return map_tokens(path, 1024, count)
+    if size % 2:
+        raise UserError(f"{path} is not a file of uint16 tokens (an odd number of bytes); prepare the data again")
+    return map_tokens(path, 0, size // 2)
+
+
+GPT2_META = {"codec": "tiktoken", "encoding": "gpt2", "vocab_size": 50257}
+
+
+def dataset_meta(data_dir):
+    """The metadata of a data folder: meta.json (ours), else nanoGPT's meta.pkl (characters),
+    else GPT-2's BPE, which nanoGPT and llm.c assume when a folder says nothing."""
+    data_dir = Path(data_dir)
+    if (data_dir / "meta.json").is_file():
+        return read_meta(data_dir)
+    if (data_dir / "meta.pkl").is_file():
+        return read_meta_pkl(data_dir / "meta.pkl")
+    print(f"{data_dir} has no meta.json or meta.pkl: reading its tokens as GPT-2 BPE, as nanoGPT does")
+    return dict(GPT2_META)
+
+
+class PlainUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, strings and numbers only: any class or function is refused, so
+    no code in the file can run."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"refused {module}.{name}: only plain values are read")
+
+
+def read_meta_pkl(path):
+    """nanoGPT's character metadata (vocab_size, itos, stoi) as our meta, read without running code."""
+    try:
+        with open(path, "rb") as f:
+            data = PlainUnpickler(f).load()
+        itos = data["itos"]
+        chars = "".join(itos[i] for i in range(data["vocab_size"]))
+        if not all(isinstance(ch, str) and len(ch) == 1 for ch in itos.values()):
+            raise ValueError("itos must map to single characters")
+    except Exception as e:
+        raise UserError(f"cannot read {path} as nanoGPT's character metadata ({type(e).__name__}: "
+                        f"{str(e)[:100]}); prepare the data again") from None
+    meta = {"codec": "char", "vocab_size": len(chars), "chars": chars}
+    problem = meta_problem(meta)
+    if problem:
+        raise UserError(f"{path}: {problem}; prepare the data again")
+    return meta
 
 
 # ----------------------------------------------------------------------------- codecs

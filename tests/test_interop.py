@@ -1,0 +1,210 @@
+"""What users of nanoGPT and llm.c already have on disk works here, and is never written over."""
+
+import hashlib
+import os
+import pickle
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from checkpoint import load_checkpoint
+from prepare.tokens import (GPT2_META, dataset_meta, read_meta, read_split, read_tokens, split_files,
+                            write_tokens)
+from settings import UserError
+from tests.test_cli import assert_one_error_line, tiny_args
+
+
+def digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).iterdir())}
+
+
+def as_nanogpt(ours, folder, with_meta_pkl=True):
+    """The same data as nanoGPT's prepare.py writes it: raw uint16 files and meta.pkl."""
+    folder.mkdir(parents=True)
+    meta = read_meta(ours)
+    for split in ("train", "val"):
+        np.asarray(read_tokens(ours / f"{split}.bin")).astype(np.uint16).tofile(folder / f"{split}.bin")
+    if with_meta_pkl:
+        chars = meta["chars"]
+        with open(folder / "meta.pkl", "wb") as f:
+            pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)),
+                         "stoi": {ch: i for i, ch in enumerate(chars)}}, f)
+    return folder
+
+
+def as_llmc_shards(tokens, folder, name, pieces):
+    """llm.c's shard format: 256 int32 (magic 20240520, version 1, count), then uint16 tokens."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, piece in enumerate(np.array_split(np.asarray(tokens), pieces)):
+        header = np.zeros(256, dtype="<i4")
+        header[:3] = [20240520, 1, len(piece)]
+        with open(folder / f"fineweb_{name}_{i:06d}.bin", "wb") as f:
+            f.write(header.tobytes())
+            f.write(piece.astype("<u2").tobytes())
+
+
+def final_weights(out_dir):
+    return load_checkpoint(Path(out_dir) / "ckpt.pt")["model"]
+
+
+# ----------------------------------------------------------------------------- nanoGPT data
+
+def test_nanogpt_char_data_trains_like_ours_and_is_left_alone(char_data, tmp_path, monkeypatch, capsys):
+    """nanoGPT's data/shakespeare_char (raw train.bin, val.bin, meta.pkl): train.py reads it as
+    it is (no prepare script runs over it) and the run equals one on the same tokens in our format."""
+    monkeypatch.chdir(tmp_path)
+    nano = as_nanogpt(char_data / "tiny", tmp_path / "nano" / "shakespeare_char")
+    before = digest(nano)
+    train.main(tiny_args(char_data, "tiny", tmp_path / "ours"))
+    train.main(tiny_args(tmp_path / "nano", "shakespeare_char", tmp_path / "theirs"))
+    assert "running prepare" not in capsys.readouterr().out
+    assert digest(nano) == before  # nothing added, nothing rewritten
+    ours, theirs = final_weights(tmp_path / "ours"), final_weights(tmp_path / "theirs")
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=0)
+    assert load_checkpoint(tmp_path / "theirs" / "ckpt.pt")["meta"] == read_meta(char_data / "tiny")
+
+
+def test_nanogpt_bpe_data_without_meta_is_read_as_gpt2(tmp_path, capsys):
+    folder = tmp_path / "openwebtext"
+    folder.mkdir()
+    tokens = np.arange(0, 50000, 7, dtype=np.uint16)
+    tokens.tofile(folder / "train.bin")
+    tokens[:300].tofile(folder / "val.bin")
+    assert dataset_meta(folder) == GPT2_META
+    assert "GPT-2 BPE" in capsys.readouterr().out
+    train_files = read_split(folder, "train", GPT2_META)
+    assert len(train_files) == 1 and train_files[0].tolist() == tokens.tolist()
+
+
+def test_meta_pkl_runs_no_code(tmp_path):
+    """A meta.pkl that would run a command when unpickled is refused, and the command never runs."""
+    planted = tmp_path / "planted"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {planted}",))
+
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    with open(folder / "meta.pkl", "wb") as f:
+        pickle.dump({"vocab_size": 2, "itos": {0: "a", 1: "b"}, "stoi": Exploit()}, f)
+    with pytest.raises(UserError) as info:
+        dataset_meta(folder)
+    assert "meta.pkl" in str(info.value) and "refused" in str(info.value)
+    assert not planted.exists()
+
+
+@pytest.mark.parametrize("data, fragment", [
+    ({"vocab_size": 3, "itos": {0: "a", 1: "b"}}, "KeyError"),
+    ({"vocab_size": 2, "itos": {0: "a", 1: "a"}}, "distinct"),
+    ({"vocab_size": 2, "itos": {0: "ab", 1: "c"}}, "single characters"),
+    (["not", "a", "dict"], "TypeError"),
+])
+def test_meta_pkl_damaged(tmp_path, data, fragment):
+    (tmp_path / "meta.pkl").write_bytes(pickle.dumps(data))
+    with pytest.raises(UserError) as info:
+        dataset_meta(tmp_path)
+    assert fragment in str(info.value) and "meta.pkl" in str(info.value)
+
+
+def test_raw_file_of_odd_length_is_refused(tmp_path):
+    (tmp_path / "train.bin").write_bytes(b"\x01\x02\x03")
+    (tmp_path / "val.bin").write_bytes(b"\x01\x02")
+    with pytest.raises(UserError, match="odd number of bytes"):
+        read_split(tmp_path, "train", GPT2_META)
+
+
+def test_our_unfinished_prepare_is_prepared_again_but_foreign_data_is_not(char_data, tmp_path, monkeypatch):
+    """Our own train.bin without meta.json is a prepare that stopped part-way: train.py runs the
+    prepare script again. nanoGPT's raw files without meta.json are data, used as they are."""
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data"
+    shutil.copytree(char_data / "tiny", data / "shakespeare_char")
+    shutil.copy(tmp_path / "input.txt", data / "shakespeare_char" / "input.txt")
+    (data / "shakespeare_char" / "meta.json").unlink()
+    assert not train.is_prepared(data / "shakespeare_char")
+    assert train.ensure_data(train.TrainConfig(data_dir=str(data), dataset="shakespeare_char"))
+    assert (data / "shakespeare_char" / "meta.json").is_file()
+    nano = as_nanogpt(char_data / "tiny", tmp_path / "nano" / "shakespeare_char", with_meta_pkl=False)
+    assert train.is_prepared(nano)
+
+
+# ----------------------------------------------------------------------------- token-file metadata
+
+def test_token_files_record_their_vocabulary(char_data):
+    meta = read_meta(char_data / "tiny")
+    header = (char_data / "tiny" / "train.bin").read_bytes()[:1024]
+    assert int.from_bytes(header[32:40], "little") == meta["vocab_size"]
+    assert header[64:68] == b"char"
+    with pytest.raises(UserError) as info:
+        read_tokens(char_data / "tiny" / "train.bin", GPT2_META)
+    assert "holds char tokens" in str(info.value) and "gpt2" in str(info.value)
+
+
+def test_train_refuses_token_files_of_another_vocabulary(char_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    tokens = np.asarray(read_tokens(char_data / "tiny" / "train.bin"))
+    write_tokens(char_data / "tiny" / "train.bin", tokens, GPT2_META)  # BPE-stamped tokens beside char meta
+    with pytest.raises(SystemExit) as excinfo:
+        train.main(tiny_args(char_data, "tiny", tmp_path / "out"))
+    assert_one_error_line(capsys, excinfo, "train.bin holds gpt2 tokens", "prepare the data again")
+
+
+def test_write_tokens_refuses_ids_outside_the_vocabulary(tmp_path):
+    with pytest.raises(ValueError, match="vocabulary"):
+        write_tokens(tmp_path / "t.bin", [0, 65], {"codec": "char", "chars": "ab", "vocab_size": 65})
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- llm.c shards
+
+def test_llmc_shards_are_read_and_windows_stay_inside_one(tmp_path):
+    folder = tmp_path / "fineweb10B"
+    train_tokens = np.arange(1000, dtype=np.uint16)
+    as_llmc_shards(train_tokens, folder, "train", 3)
+    as_llmc_shards(np.arange(100, dtype=np.uint16), folder, "val", 1)
+    assert [p.name for p in split_files(folder)["train"]] == [f"fineweb_train_00000{i}.bin" for i in range(3)]
+    assert train.is_prepared(folder)
+    meta = dataset_meta(folder)
+    sampler = train.BatchSampler(folder, meta, block_size=8, batch_size=4000, seed=0)
+    x, y = sampler.batch("train")
+    assert (y[:, :-1] == x[:, 1:]).all()
+    assert (x[:, 1:] - x[:, :-1] == 1).all(), "a window crossed from one shard into the next"
+    shard_starts = {0, 334, 667}  # np.array_split of 1000 into 3
+    first = set(x[:, 0].tolist())
+    assert shard_starts <= first, "some shard's first window is never drawn"
+    assert max(first) == 999 - 8 and 333 - 8 in first
+
+
+def test_llmc_shard_of_another_version_or_truncated(tmp_path):
+    as_llmc_shards(np.arange(100, dtype=np.uint16), tmp_path, "train", 1)
+    as_llmc_shards(np.arange(100, dtype=np.uint16), tmp_path, "val", 1)
+    path = tmp_path / "fineweb_train_000000.bin"
+    data = bytearray(path.read_bytes())
+    path.write_bytes(bytes(data[:-2]))
+    with pytest.raises(UserError, match="truncated"):
+        read_split(tmp_path, "train", GPT2_META)
+    data[4:8] = (2).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="version 2"):
+        read_split(tmp_path, "train", GPT2_META)
+
+
+def test_train_on_llmc_shards_from_the_command_line(tmp_path):
+    folder = tmp_path / "data" / "fineweb10B"
+    rng = np.random.default_rng(0)
+    as_llmc_shards(rng.integers(0, 50257, 3000), folder, "train", 2)
+    as_llmc_shards(rng.integers(0, 50257, 500), folder, "val", 1)
+    args = tiny_args(tmp_path / "data", "fineweb10B", tmp_path / "out", max_iters=2, eval_interval=2)
+    result = subprocess.run(["python", str(Path(train.__file__)), *args], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    state = load_checkpoint(tmp_path / "out" / "ckpt.pt")
+    assert state["meta"] == GPT2_META and state["model_config"]["vocab_size"] == 50304
