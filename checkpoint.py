@@ -62,6 +62,17 @@ def save_checkpoint(path, state, copies=()):
 CHECKPOINT_KEYS = ("model", "model_config", "train_config", "iter_num", "best_val_loss", "meta")  # what sample.py needs
 
 
+def find_checkpoint(out_dir, checkpoint=None):
+    """The checkpoint a script reads: the file named, else out_dir/best.pt, else out_dir/ckpt.pt."""
+    if checkpoint and Path(checkpoint).is_dir():
+        raise UserError(f"--checkpoint={checkpoint} is a folder; name a checkpoint file in it, "
+                        f"or use --out_dir={checkpoint}")
+    if checkpoint:
+        return Path(checkpoint)
+    out_dir = Path(out_dir)
+    return out_dir / "best.pt" if (out_dir / "best.pt").is_file() else out_dir / "ckpt.pt"
+
+
 def load_checkpoint(path, device="cpu", mmap=False):
     """Read a checkpoint written by train.py, checking that it is one. mmap: map the tensors
     rather than read them (cheap when only the settings are wanted)."""

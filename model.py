@@ -15,6 +15,15 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 
+# GPT-2 used the tanh approximation of GELU, so its weights load exactly with 'gelu';
+# nanoGPT's models were trained with the exact form.
+ACTIVATIONS = {
+    "gelu": lambda: nn.GELU(approximate="tanh"),
+    "gelu_exact": nn.GELU,
+    "relu": nn.ReLU,
+}
+
+
 @dataclass
 class GPTConfig:
     block_size: int = 1024  # the longest context the model reads, in tokens
@@ -25,7 +34,7 @@ class GPTConfig:
     dropout: float = 0.0  # 0 for pretraining; 0.1+ helps small data sets
     bias: bool = True  # biases in Linear and LayerNorm layers, as in GPT-2
     pos_encoding: str = "learned"  # 'learned' (GPT-2) or 'sinusoidal' (fixed, as in Attention Is All You Need)
-    activation: str = "gelu"  # MLP nonlinearity: 'gelu' (GPT-2) or 'relu'
+    activation: str = "gelu"  # MLP nonlinearity: 'gelu' (GPT-2's tanh form), 'gelu_exact' (nanoGPT's) or 'relu'
 
     def __post_init__(self):
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -37,8 +46,8 @@ class GPTConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.pos_encoding not in ("learned", "sinusoidal"):
             raise ValueError(f"pos_encoding must be 'learned' or 'sinusoidal', got {self.pos_encoding!r}")
-        if self.activation not in ("gelu", "relu"):
-            raise ValueError(f"activation must be 'gelu' or 'relu', got {self.activation!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
 
 
 class KVCache:
@@ -109,8 +118,7 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        # GPT-2 used the tanh approximation of GELU; keeping it lets its weights load exactly.
-        self.act = nn.GELU(approximate="tanh") if config.activation == "gelu" else nn.ReLU()
+        self.act = ACTIVATIONS[config.activation]()
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -214,6 +222,14 @@ class GPT(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
         return logits, loss
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, dropout=0.0):
+        """OpenAI's GPT-2 ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', from the Hugging Face Hub)
+        or a local folder in Hugging Face's GPT-2 format; hf_gpt2.py reads it."""
+        from hf_gpt2 import load_gpt2
+
+        return load_gpt2(name_or_path, dropout)
 
     def crop_block_size(self, block_size):
         """Use a shorter context than the model was built with (e.g. GPT-2's 1024 -> 256)."""

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from torch.nn import functional as F
 
-from checkpoint import atomic_write, load_checkpoint
+from checkpoint import atomic_write, find_checkpoint, load_checkpoint
 from hardware import autocast_context, resolve_device, resolve_dtype
 from model import GPT, GPTConfig
 from prepare.tokens import codec_from_meta, meta_problem
@@ -248,12 +248,7 @@ def sample(config, out=None):
     out = out or sys.stdout
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    out_dir = Path(config.out_dir)
-    if config.checkpoint and Path(config.checkpoint).is_dir():
-        raise UserError(f"--checkpoint={config.checkpoint} is a folder; name a checkpoint file in it, "
-                        f"or use --out_dir={config.checkpoint}")
-    path = Path(config.checkpoint) if config.checkpoint else \
-        out_dir / "best.pt" if (out_dir / "best.pt").is_file() else out_dir / "ckpt.pt"
+    path = find_checkpoint(config.out_dir, config.checkpoint)
     model, codec = load_model(path, device)
     prompt = read_prompt(config.start, codec)
     idx = torch.tensor([prompt] * config.num_samples, dtype=torch.long, device=device)

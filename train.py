@@ -60,7 +60,7 @@ class TrainConfig:
     dropout: float = 0.0
     bias: bool = False  # biases in Linear and LayerNorm layers (GPT-2 had them; slightly faster without)
     pos_encoding: str = "learned"  # 'learned' or 'sinusoidal'
-    activation: str = "gelu"  # 'gelu' or 'relu'
+    activation: str = "gelu"  # 'gelu' (GPT-2's tanh form), 'gelu_exact' or 'relu'
     vocab_size: Optional[int] = None  # None: the data's vocabulary (BPE padded up to a multiple of 64)
     # AdamW
     learning_rate: float = 6e-4  # peak learning rate
@@ -196,7 +196,7 @@ def ensure_data(config):
         return data_dir
     script = config.dataset.isidentifier() and importlib.util.find_spec(f"prepare.{config.dataset}")
     module = script and importlib.import_module(f"prepare.{config.dataset}")
-    if hasattr(module, "prepare_corpus"):  # a large download: the user starts it, train.py does not
+    if hasattr(module, "corpus_main"):  # a large download: the user starts it, train.py does not
         raise UserError(f"no prepared data in {data_dir}; make it first with python prepare/{config.dataset}.py "
                         f"(see its --help for the disk and time it takes)")
     if not callable(getattr(module, "prepare", None)):  # prepare/tokens.py and the like make no data set

@@ -1,5 +1,8 @@
 """Shared fixtures: a tiny model config and tiny token files made on the fly."""
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -38,3 +41,20 @@ def tiny_train_args(char_data, tmp_path):
             "--gradient_accumulation_steps=1", "--max_iters=20", "--eval_interval=10", "--eval_iters=2",
             "--log_interval=5", "--warmup_iters=2", "--lr_decay_iters=20", "--learning_rate=1e-3",
             "--device=cpu", "--dtype=float32", "--dropout=0.0"]
+
+
+SHARED_TIKTOKEN = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "tiktoken_cache"
+
+
+@pytest.fixture
+def gpt2_codec(monkeypatch):
+    """GPT-2's BPE; offline it needs tiktoken's cached files (TIKTOKEN_CACHE_DIR, or ../shared)."""
+    if not os.environ.get("TIKTOKEN_CACHE_DIR") and SHARED_TIKTOKEN.is_dir():
+        monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(SHARED_TIKTOKEN))
+    from prepare.tokens import TiktokenCodec
+    from settings import UserError
+
+    try:
+        return TiktokenCodec("gpt2")
+    except UserError as e:
+        pytest.skip(f"GPT-2 BPE files not available offline (set TIKTOKEN_CACHE_DIR): {e}")

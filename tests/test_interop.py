@@ -208,3 +208,12 @@ def test_train_on_llmc_shards_from_the_command_line(tmp_path):
     assert result.returncode == 0, result.stderr
     state = load_checkpoint(tmp_path / "out" / "ckpt.pt")
     assert state["meta"] == GPT2_META and state["model_config"]["vocab_size"] == 50304
+
+
+def test_a_corpus_is_never_downloaded_unasked(tmp_path, monkeypatch, capsys):
+    """train.py prepares a small data set by itself, but tells the user to run a corpus's script."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as excinfo:
+        train.main(tiny_args(tmp_path / "data", "openwebtext", tmp_path / "out"))
+    assert_one_error_line(capsys, excinfo, "python prepare/openwebtext.py")
+    assert not (tmp_path / "data").exists()

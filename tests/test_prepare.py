@@ -20,7 +20,6 @@ from prepare.tokens import CharCodec, read_meta, read_tokens, write_tokens
 from settings import UserError, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_TIKTOKEN = ROOT.parent / "shared" / "data" / "tiktoken_cache"
 
 TEXT = ("To be, or not to be, that is the question:\n"
         "Whether 'tis nobler in the mind to suffer\n"
@@ -362,18 +361,6 @@ def test_prepare_script_missing_input(tmp_path):
 
 
 # ----------------------------------------------------------------------------- GPT-2 BPE
-
-@pytest.fixture
-def gpt2_codec(monkeypatch):
-    if not os.environ.get("TIKTOKEN_CACHE_DIR") and SHARED_TIKTOKEN.is_dir():
-        monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(SHARED_TIKTOKEN))
-    pytest.importorskip("tiktoken")
-    from prepare.tokens import TiktokenCodec
-    try:
-        return TiktokenCodec("gpt2")
-    except UserError as e:
-        pytest.skip(f"GPT-2 BPE files not available offline (set TIKTOKEN_CACHE_DIR): {e}")
-
 
 def test_tiktoken_codec_round_trip(gpt2_codec):
     text = "Hello, world! Ünïcode ✓ and spaces   here.\n<|endoftext|>Next document."

@@ -1,0 +1,45 @@
+"""Write a trained model as a Hugging Face GPT-2 folder.
+
+    python export.py --out_dir=out-shakespeare --to=hf/shakespeare
+
+The folder holds config.json and model.safetensors, and for GPT-2 BPE models the tokenizer
+(vocab.json, merges.txt), so that transformers loads it and gives the same logits:
+
+    from transformers import GPT2LMHeadModel, AutoTokenizer
+    model = GPT2LMHeadModel.from_pretrained("hf/shakespeare")
+"""
+
+import sys
+from dataclasses import dataclass
+from typing import Optional
+
+from checkpoint import find_checkpoint
+from hf_gpt2 import export_gpt2
+from sample import load_model
+from settings import UserError, load_settings, run_cli
+
+
+@dataclass
+class ExportConfig:
+    out_dir: str = "out"  # the folder train.py wrote
+    checkpoint: Optional[str] = None  # a checkpoint file; default: out_dir/best.pt, else out_dir/ckpt.pt
+    to: Optional[str] = None  # the folder to write (it must not hold a model already)
+
+
+def export(config):
+    if not config.to:
+        raise UserError("--to is missing: name the folder to write, e.g. --to=hf/my-model")
+    path = find_checkpoint(config.out_dir, config.checkpoint)
+    model, codec = load_model(path, "cpu")
+    export_gpt2(model, codec, config.to)
+    files = "config.json, model.safetensors" + (", vocab.json, merges.txt" if codec.eot_token is not None else "")
+    print(f"{path} -> {config.to} ({files}); load it with "
+          f"transformers.GPT2LMHeadModel.from_pretrained({str(config.to)!r})")
+
+
+def main(argv=None):
+    return run_cli(lambda args: export(load_settings(ExportConfig, args)), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Hugging Face's GPT-2 folders: OpenAI's weights in (GPT.from_pretrained), our models out (export.py).
+
+A folder holds config.json and model.safetensors, and for GPT-2's BPE vocab.json and merges.txt.
+Our model has GPT-2's layout and parameter names; two things differ. GPT-2 keeps each linear
+layer's weight as (in, out), the layout of its Conv1D module, where nn.Linear keeps (out, in);
+and a state saved from the Hub's base model has no 'transformer.' prefix.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from checkpoint import atomic_write
+from settings import UserError
+
+PRETRAINED = {  # init_from names -> Hub repositories (124M, 350M, 774M, 1558M parameters)
+    "gpt2": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+}
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+ACTIVATION_FROM_HF = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact", "relu": "relu"}
+ACTIVATION_TO_HF = {"gelu": "gelu_new", "gelu_exact": "gelu", "relu": "relu"}
+GPT2_TOKENIZER_FILES = {  # tiktoken's source files for GPT-2's BPE are Hugging Face's tokenizer files
+    "vocab.json": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+                   "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
+    "merges.txt": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+                   "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
+}
+
+
+def is_pretrained(init_from):
+    """Whether init_from names GPT-2 weights: one of PRETRAINED, or a folder holding config.json."""
+    return init_from in PRETRAINED or (Path(init_from) / "config.json").is_file()
+
+
+def pretrained_folder(name_or_path):
+    """The local folder of a GPT-2 name (downloaded from the Hub, or found in its cache) or path."""
+    if name_or_path not in PRETRAINED:
+        folder = Path(name_or_path)
+        if not (folder / "config.json").is_file():
+            raise UserError(f"init_from={name_or_path} is neither a GPT-2 model ({', '.join(PRETRAINED)}) nor a "
+                            f"folder with config.json and model.safetensors (Hugging Face's GPT-2 format)")
+        return folder
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(PRETRAINED[name_or_path], allow_patterns=["config.json", "model.safetensors"]))
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise UserError(f"cannot download {name_or_path} from the Hugging Face Hub ({reason}); with no internet, "
+                        f"copy its folder (config.json, model.safetensors) here and pass --init_from=FOLDER") from None
+
+
+def read_config(folder, dropout=0.0):
+    """The GPTConfig of a GPT-2 folder's config.json; a variant our model cannot compute is refused."""
+    from model import GPTConfig
+
+    path = Path(folder) / "config.json"
+    try:
+        hf = json.loads(path.read_text())
+        problems = [f"model_type {hf.get('model_type')!r}, not 'gpt2'"] if hf.get("model_type", "gpt2") != "gpt2" else []
+        if hf.get("activation_function", "gelu_new") not in ACTIVATION_FROM_HF:
+            problems.append(f"activation {hf['activation_function']!r}")
+        if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
+            problems.append(f"n_inner={hf['n_inner']} (not 4 x n_embd)")
+        if hf.get("scale_attn_by_inverse_layer_idx") or not hf.get("scale_attn_weights", True):
+            problems.append("attention scaled other than by 1/sqrt(head size)")
+        if abs(hf.get("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
+            problems.append(f"layer_norm_epsilon={hf['layer_norm_epsilon']}")
+        if not hf.get("tie_word_embeddings", True):
+            problems.append("an unembedding not tied to the token embedding")
+        if problems:
+            raise UserError(f"{path} describes a model this GPT cannot compute exactly: {'; '.join(problems)}")
+        return GPTConfig(block_size=hf["n_positions"], vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
+                         n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=dropout, bias=True,
+                         activation=ACTIVATION_FROM_HF[hf.get("activation_function", "gelu_new")])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"cannot read {path} as a GPT-2 config ({type(e).__name__}: {str(e)[:100]})") from None
+
+
+def read_weights(folder):
+    """name -> tensor from model.safetensors (or its shards, or an older pytorch_model.bin)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if (folder / "model.safetensors").is_file():
+        return load_file(folder / "model.safetensors")
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return {k: v for shard in shards for k, v in load_file(folder / shard).items()}
+    if (folder / "pytorch_model.bin").is_file():
+        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise UserError(f"{folder} has no model.safetensors; download the model's weights into it")
+
+
+def load_gpt2(name_or_path, dropout=0.0):
+    """A GPT with the weights of a GPT-2 folder or name (see PRETRAINED)."""
+    from model import GPT
+
+    folder = pretrained_folder(name_or_path)
+    model = GPT(read_config(folder, dropout))
+    state = {}
+    try:
+        for name, tensor in read_weights(folder).items():
+            name = name.removeprefix("transformer.")
+            if name.endswith((".attn.bias", ".attn.masked_bias")) or name == "lm_head.weight":
+                continue  # the causal-mask buffers of older saves; the unembedding is the tied wte
+            state[name if name.startswith("lm_head") else f"transformer.{name}"] = \
+                tensor.t() if name.endswith(CONV1D) else tensor
+        state["lm_head.weight"] = state["transformer.wte.weight"]
+        model.load_state_dict({k: v.float() for k, v in state.items()})
+    except (RuntimeError, KeyError) as e:
+        raise UserError(f"the weights in {folder} do not fit its config.json "
+                        f"({str(e).strip().splitlines()[0][:150]})") from None
+    return model
+
+
+def export_gpt2(model, codec, folder):
+    """Write model (a GPT) as a Hugging Face GPT-2 folder that transformers loads to the same logits.
+    GPT-2's format has room for all our options: sinusoidal positions are written as the position
+    table they are, a model without biases gets zero biases, and relu and exact GELU are named in
+    config.json. The vocabulary is cut to the data's (padding rows are never a token)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if any((folder / name).exists() for name in ("config.json", "model.safetensors")):
+        raise UserError(f"{folder} already holds a model; choose another folder, or delete that one first")
+    config, vocab_size = model.config, codec.vocab_size
+    ours = model.state_dict()
+    C = config.n_embd
+    tensors = {"wte.weight": ours["transformer.wte.weight"][:vocab_size],
+               "wpe.weight": model.positions(0, config.block_size, "cpu")}
+    for name, size in (("ln_1", C), ("attn.c_attn", 3 * C), ("attn.c_proj", C), ("ln_2", C), ("mlp.c_fc", 4 * C),
+                       ("mlp.c_proj", C)):
+        for i in range(config.n_layer):
+            weight = ours[f"transformer.h.{i}.{name}.weight"]
+            tensors[f"h.{i}.{name}.weight"] = weight.t() if f"{name}.weight".endswith(CONV1D) else weight
+            tensors[f"h.{i}.{name}.bias"] = ours.get(f"transformer.h.{i}.{name}.bias", torch.zeros(size))
+    tensors["ln_f.weight"] = ours["transformer.ln_f.weight"]
+    tensors["ln_f.bias"] = ours.get("transformer.ln_f.bias", torch.zeros(C))
+    tensors = {f"transformer.{k}": v.detach().float().cpu().contiguous() for k, v in tensors.items()}
+    eot = codec.eot_token if getattr(codec, "encoding", None) and codec.encoding.name == "gpt2" else None
+    hf_config = {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": vocab_size,
+        "n_positions": config.block_size, "n_ctx": config.block_size, "n_embd": C, "n_layer": config.n_layer,
+        "n_head": config.n_head, "n_inner": None, "activation_function": ACTIVATION_TO_HF[config.activation],
+        "resid_pdrop": config.dropout, "embd_pdrop": config.dropout, "attn_pdrop": config.dropout,
+        "layer_norm_epsilon": 1e-5, "initializer_range": 0.02, "scale_attn_weights": True,
+        "tie_word_embeddings": True, "bos_token_id": eot, "eos_token_id": eot, "torch_dtype": "float32",
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / ".model.safetensors.tmp"
+    save_file(tensors, tmp, metadata={"format": "pt"})
+    os.replace(tmp, folder / "model.safetensors")
+    if eot is not None:
+        write_gpt2_tokenizer(folder, config.block_size)
+    with atomic_write(folder / "config.json", "w") as f:  # last: a folder without it is unfinished
+        json.dump(hf_config, f, indent=2)
+
+
+def write_gpt2_tokenizer(folder, max_length):
+    """vocab.json and merges.txt: the files tiktoken builds GPT-2's BPE from (read from its cache)."""
+    from tiktoken.load import read_file_cached
+
+    for name, (url, sha256) in GPT2_TOKENIZER_FILES.items():
+        try:
+            data = read_file_cached(url, sha256)
+        except Exception as e:
+            raise UserError(f"cannot read GPT-2's BPE files for the tokenizer ({str(e)[:100]}); with no internet, "
+                            f"set TIKTOKEN_CACHE_DIR to a folder holding tiktoken's cached files") from None
+        with atomic_write(Path(folder) / name) as f:
+            f.write(data)
+    with atomic_write(Path(folder) / "tokenizer_config.json", "w") as f:
+        json.dump({"tokenizer_class": "GPT2Tokenizer", "model_max_length": max_length, "bos_token": "<|endoftext|>",
+                   "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "add_prefix_space": False}, f, indent=2)

@@ -1,0 +1,192 @@
+"""Hugging Face's GPT-2 format, checked against transformers itself: its weights load into our
+GPT with the same logits, and our models export to folders transformers loads to the same logits."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import export
+from hf_gpt2 import export_gpt2, load_gpt2
+from model import GPT, GPTConfig
+from prepare.tokens import CharCodec
+from settings import UserError
+
+transformers = pytest.importorskip("transformers")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def hf_model(folder, **config):
+    """A randomly initialised GPT2LMHeadModel saved to folder, as save_pretrained writes it."""
+    torch.manual_seed(0)
+    settings = dict(n_layer=2, n_head=4, n_embd=64, n_positions=32, vocab_size=300, bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**{**settings, **config})).eval()
+    perturb(model)
+    model.save_pretrained(folder)
+    return model
+
+
+def perturb(model):
+    """Random biases and norms, so that a dropped one shows; MLP inputs wide enough that the
+    two forms of GELU differ."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or ".ln_" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+            if "c_fc.weight" in name:
+                p.normal_(0, 0.3)
+
+
+def tokens(vocab_size, length=20, batch=2):
+    return torch.randint(0, vocab_size, (batch, length), generator=torch.Generator().manual_seed(1))
+
+
+def hf_logits(model, idx):
+    with torch.no_grad():
+        return model(idx).logits
+
+
+def ours_logits(model, idx):
+    with torch.no_grad():
+        return model.eval()(idx)[0]
+
+
+def hf_greedy(model, idx, n):
+    for _ in range(n):
+        idx = torch.cat([idx, hf_logits(model, idx)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return idx
+
+
+@pytest.mark.parametrize("activation", ["gelu_new", "gelu", "relu"])
+def test_from_pretrained_matches_transformers(tmp_path, activation):
+    theirs = hf_model(tmp_path, activation_function=activation)
+    ours = GPT.from_pretrained(str(tmp_path))
+    idx = tokens(300)
+    torch.testing.assert_close(ours_logits(ours, idx), hf_logits(theirs, idx))
+    assert torch.equal(ours.generate(idx[:, :5], 20), hf_greedy(theirs, idx[:, :5], 20))
+
+
+def test_from_pretrained_reads_the_hubs_layout(tmp_path):
+    """The Hub's gpt2 folder was saved from the base model: no 'transformer.' prefix, and the
+    old causal-mask buffers (attn.bias, attn.masked_bias) among the weights."""
+    from safetensors.torch import load_file, save_file
+
+    theirs = hf_model(tmp_path)
+    state = {k.removeprefix("transformer."): v for k, v in load_file(tmp_path / "model.safetensors").items()}
+    state["h.0.attn.bias"] = torch.ones(1, 1, 32, 32)
+    state["h.0.attn.masked_bias"] = torch.tensor(-1e4)
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    idx = tokens(300)
+    torch.testing.assert_close(ours_logits(GPT.from_pretrained(str(tmp_path)), idx), hf_logits(theirs, idx))
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"pos_encoding": "sinusoidal"},
+    {"bias": False},
+    {"activation": "relu"},
+    {"activation": "gelu_exact"},
+    {"pos_encoding": "sinusoidal", "bias": False, "activation": "relu"},
+])
+def test_export_loads_in_transformers_with_the_same_logits(tmp_path, options):
+    torch.manual_seed(0)
+    config = GPTConfig(block_size=32, vocab_size=64, n_layer=2, n_head=4, n_embd=64, **options)
+    ours = GPT(config).eval()
+    perturb(ours)
+    codec = CharCodec("".join(chr(ord("!") + i) for i in range(60)))  # 60 tokens: the padding rows are cut
+    export_gpt2(ours, codec, tmp_path / "hf")
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    assert theirs.config.vocab_size == 60
+    idx = tokens(60)
+    torch.testing.assert_close(hf_logits(theirs, idx), ours_logits(ours, idx)[..., :60])
+    again = load_gpt2(tmp_path / "hf")  # and back: the round trip keeps the function
+    torch.testing.assert_close(ours_logits(again, idx), ours_logits(ours, idx)[..., :60])
+
+
+def test_round_trip_through_transformers_format(tmp_path):
+    theirs = hf_model(tmp_path / "a")
+    ours = GPT.from_pretrained(str(tmp_path / "a"))
+    export_gpt2(ours, CharCodec("".join(chr(256 + i) for i in range(300))), tmp_path / "b")
+    back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "b").eval()
+    idx = tokens(300)
+    torch.testing.assert_close(hf_logits(back, idx), hf_logits(theirs, idx))
+
+
+def test_export_writes_gpt2_tokenizer_for_bpe_models(tmp_path, gpt2_codec):
+    config = GPTConfig(block_size=16, vocab_size=50304, n_layer=1, n_head=2, n_embd=16)
+    export_gpt2(GPT(config), gpt2_codec, tmp_path / "hf")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = "Hello, world! Ünïcode ✓ and spaces   here.\nO Romeo, Romeo!"
+    assert tokenizer(text)["input_ids"] == gpt2_codec.encode(text)
+    assert tokenizer.eos_token_id == 50256
+    hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert hf_config["vocab_size"] == 50257 and hf_config["eos_token_id"] == 50256
+
+
+def test_export_never_writes_over_a_model(tmp_path):
+    config = GPTConfig(block_size=8, vocab_size=8, n_layer=1, n_head=1, n_embd=8)
+    export_gpt2(GPT(config), CharCodec("abcdefgh"), tmp_path)
+    before = (tmp_path / "model.safetensors").read_bytes()
+    with pytest.raises(UserError, match="already holds a model"):
+        export_gpt2(GPT(config), CharCodec("abcdefgh"), tmp_path)
+    assert (tmp_path / "model.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"model_type": "llama"}, "model_type 'llama'"),
+    ({"activation_function": "silu"}, "activation 'silu'"),
+    ({"n_inner": 100}, "n_inner=100"),
+    ({"scale_attn_by_inverse_layer_idx": True}, "attention scaled"),
+    ({"tie_word_embeddings": False}, "not tied"),
+])
+def test_a_config_it_cannot_compute_is_refused(tmp_path, change, fragment):
+    hf_model(tmp_path)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    with pytest.raises(UserError, match=fragment):
+        load_gpt2(tmp_path)
+
+
+def test_weights_that_do_not_fit_the_config(tmp_path):
+    hf_model(tmp_path)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "n_embd": 32}))
+    with pytest.raises(UserError, match="do not fit its config.json"):
+        load_gpt2(tmp_path)
+
+
+def test_not_a_name_nor_a_folder(tmp_path):
+    with pytest.raises(UserError, match="neither a GPT-2 model"):
+        load_gpt2(tmp_path / "nope")
+
+
+def test_offline_without_a_local_copy_is_one_line(tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home"), "PATH": "/usr/bin:/bin"}
+    code = "import sys; from settings import run_cli; from model import GPT; " \
+           "sys.exit(run_cli(lambda a: GPT.from_pretrained('gpt2')))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "cannot download gpt2" in lines[0] and "--init_from=FOLDER" in lines[0], result.stderr
+
+
+def test_export_command_from_a_trained_checkpoint(tiny_train_args, tmp_path, monkeypatch, capsys):
+    import train
+
+    monkeypatch.chdir(tmp_path)
+    train.main(tiny_train_args)
+    assert export.main([f"--out_dir={tmp_path / 'out'}", f"--to={tmp_path / 'hf'}"]) in (0, None)
+    assert "GPT2LMHeadModel.from_pretrained" in capsys.readouterr().out
+    from sample import load_model
+
+    ours, codec = load_model(tmp_path / "out" / "best.pt", "cpu")
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    idx = tokens(codec.vocab_size, length=16)
+    torch.testing.assert_close(hf_logits(theirs, idx), ours_logits(ours, idx))
+    with pytest.raises(SystemExit) as info:
+        export.main([f"--out_dir={tmp_path / 'out'}"])
+    assert info.value.code == 2 and "--to is missing" in capsys.readouterr().err
