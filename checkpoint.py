@@ -85,6 +85,39 @@ def load_checkpoint(path, device="cpu", mmap=False):
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0][:100]
         raise UserError(f"{path} is not a readable checkpoint ({reason}); "
                         f"it may be truncated or corrupt: train again or use another out_dir") from None
+    if isinstance(state, dict) and "model_args" in state and "model_config" not in state:
+        state = from_nanogpt(state, path)
     if not isinstance(state, dict) or not all(k in state for k in CHECKPOINT_KEYS):
         raise UserError(f"{path} is not a checkpoint of this project (keys missing); use one written by train.py")
     return state
+
+
+def from_nanogpt(state, path):
+    """A checkpoint nanoGPT's train.py wrote (model_args, config; a compiled model's parameter
+    names start with _orig_mod.) in this project's terms. nanoGPT keeps no vocabulary in it: as its
+    sample.py does, read data/<dataset>/ (meta.pkl), and take GPT-2's BPE when that says nothing."""
+    from prepare.tokens import GPT2_META, dataset_meta
+
+    try:
+        args, config = state["model_args"], state.get("config") or {}
+        model = {k.removeprefix("_orig_mod."): v for k, v in state["model"].items()}
+        model = {k: v for k, v in model.items() if not k.endswith(".attn.bias")}  # its causal-mask buffer
+        model_config = {k: args[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")}
+        model_config.update(dropout=args.get("dropout", 0.0), pos_encoding="learned", activation="gelu_exact")
+        data_dir = Path("data") / config.get("dataset", "openwebtext")
+        if data_dir.is_dir() and ((data_dir / "meta.pkl").is_file() or (data_dir / "meta.json").is_file()):
+            meta = dataset_meta(data_dir)
+        elif args["vocab_size"] >= GPT2_META["vocab_size"]:
+            meta = dict(GPT2_META)
+        else:
+            raise UserError(f"{path} is nanoGPT's checkpoint of a {args['vocab_size']}-token vocabulary, and "
+                            f"{data_dir}/meta.pkl, which holds it, is missing; run from the folder with data/")
+        # nanoGPT's optimizer holds the matrices, then the vectors, each in its module order
+        params = [k for k in model if k != "lm_head.weight"]
+        param_names = [k for k in params if model[k].dim() >= 2] + [k for k in params if model[k].dim() < 2]
+        return {"model": model, "model_config": model_config, "train_config": config, "meta": meta,
+                "optimizer": state.get("optimizer"), "param_names": param_names,
+                "iter_num": int(state.get("iter_num", 0)), "best_val_loss": float(state.get("best_val_loss", 1e9))}
+    except (KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{path} looks like nanoGPT's checkpoint but {type(e).__name__}: {str(e)[:80]}; "
+                        f"use a checkpoint its train.py wrote") from None

@@ -22,13 +22,17 @@ from torch.nn import functional as F
 from checkpoint import atomic_write, find_checkpoint, load_checkpoint
 from hardware import autocast_context, resolve_device, resolve_dtype
 from model import GPT, GPTConfig
-from prepare.tokens import codec_from_meta, meta_problem
+from hf_gpt2 import PRETRAINED, is_pretrained
+from prepare.tokens import TiktokenCodec, codec_from_meta, meta_problem
 from progress import progress
 from settings import UserError, load_settings, run_cli
 
 
 @dataclass
 class SampleConfig:
+    # 'resume': the model train.py wrote in out_dir; or GPT-2's weights: 'gpt2', 'gpt2-medium', 'gpt2-large',
+    # 'gpt2-xl', or a folder in Hugging Face's GPT-2 format
+    init_from: str = "resume"
     out_dir: str = "out-shakespeare-char"  # the folder train.py wrote
     checkpoint: Optional[str] = None  # a checkpoint file; default: out_dir/best.pt, else out_dir/ckpt.pt
     start: str = "\n"  # the prompt: text, or FILE:path to read it from a file
@@ -50,6 +54,10 @@ class SampleConfig:
         self.start = unescape(self.start) if prompt_file(self.start) is None else self.start
         self.stop = unescape(self.stop) if self.stop else self.stop
         check_sampling(self.temperature, self.top_k, self.top_p)
+        if self.init_from != "resume" and not is_pretrained(self.init_from):
+            raise ValueError(f"init_from must be 'resume' (the checkpoint in out_dir), a GPT-2 model "
+                             f"({', '.join(PRETRAINED)}) or a folder holding one in Hugging Face's format, "
+                             f"got {self.init_from!r}")
         if self.num_samples < 1 or self.max_new_tokens < 0 or self.show_probs < 0:
             raise ValueError("num_samples must be >= 1, max_new_tokens and show_probs >= 0")
         if self.stop == "":
@@ -145,6 +153,15 @@ def load_model(path, device):
     if problem:
         raise UserError(f"{path} is not a checkpoint of this project ({problem}); use one written by train.py")
     return model.to(device).eval(), codec
+
+
+def load_pretrained(name_or_path, device):
+    """GPT-2's weights (see hf_gpt2.PRETRAINED) and GPT-2's BPE."""
+    model = GPT.from_pretrained(name_or_path)
+    if model.config.vocab_size < 50257:
+        raise UserError(f"init_from={name_or_path} has a vocabulary of {model.config.vocab_size} tokens, not GPT-2's "
+                        f"BPE; sample from the checkpoint it was exported from (--out_dir)")
+    return model.to(device).eval(), TiktokenCodec("gpt2")
 
 
 def prompt_file(start):
@@ -248,8 +265,11 @@ def sample(config, out=None):
     out = out or sys.stdout
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    path = find_checkpoint(config.out_dir, config.checkpoint)
-    model, codec = load_model(path, device)
+    if config.init_from == "resume":
+        path = find_checkpoint(config.out_dir, config.checkpoint)
+        model, codec = load_model(path, device)
+    else:
+        path, (model, codec) = Path(config.init_from), load_pretrained(config.init_from, device)
     prompt = read_prompt(config.start, codec)
     idx = torch.tensor([prompt] * config.num_samples, dtype=torch.long, device=device)
     generators = [torch.Generator(device=device).manual_seed(config.seed + i) for i in range(config.num_samples)]

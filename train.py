@@ -27,7 +27,8 @@ from hardware import autocast_context, resolve_device, resolve_dtype
 from metrics import Metrics, start_wandb
 from model import GPT, GPTConfig
 from plot import loss_figure, save_png
-from prepare.tokens import dataset_meta, is_prepared, read_split, split_files
+from hf_gpt2 import PRETRAINED, is_pretrained
+from prepare.tokens import GPT2_META, dataset_meta, is_prepared, read_split, split_files, tokenizer_name
 from progress import duration, log, progress
 from settings import UserError, load_settings, run_cli
 
@@ -41,7 +42,10 @@ class TrainConfig:
     eval_iters: int = 200  # batches per loss estimate
     eval_only: bool = False  # evaluate once and exit
     always_save_checkpoint: bool = True  # write ckpt.pt at every evaluation, not only when val improves
-    init_from: str = "scratch"  # 'scratch' or 'resume' (from out_dir/ckpt.pt, whose model shape it keeps)
+    # 'scratch'; 'resume' (out_dir/ckpt.pt, whose model shape it keeps); 'auto' (resume if out_dir holds a
+    # run, else scratch); or GPT-2's weights to finetune: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or
+    # a folder in Hugging Face's GPT-2 format (the weights fix the shape; dropout and a shorter block_size may be set)
+    init_from: str = "scratch"
     seed: int = 1337  # fixes the initial weights, the batches and dropout
     # logging to Weights & Biases
     wandb_log: bool = False
@@ -90,8 +94,9 @@ class TrainConfig:
             raise ValueError(f"max_iters must be >= 0, got {self.max_iters}")
         if self.nonfinite_loss not in ("stop", "skip"):
             raise ValueError(f"nonfinite_loss must be 'stop' or 'skip', got {self.nonfinite_loss!r}")
-        if self.init_from not in ("scratch", "resume"):
-            raise ValueError(f"init_from must be 'scratch' or 'resume', got {self.init_from!r}")
+        if self.init_from not in ("scratch", "resume", "auto") and not is_pretrained(self.init_from):
+            raise ValueError(f"init_from must be 'scratch', 'resume', 'auto', a GPT-2 model ({', '.join(PRETRAINED)}) "
+                             f"or a folder holding one in Hugging Face's format, got {self.init_from!r}")
         if not self.out_dir:
             raise ValueError("out_dir must name a folder")
         for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "warmup_iters", "lr_decay_iters"):
@@ -128,20 +133,22 @@ def given_settings(config):
     return {f.name for f in fields(config) if getattr(config, f.name) != getattr(defaults, f.name)}
 
 
-def settings_for_resume(config, state, path):
-    """config with the model shape of the checkpoint `state` (as nanoGPT resumes: the config
-    file may be left out); a shape setting the user gave that differs is a mistake."""
-    saved = state["model_config"]
+def settings_for_model(config, saved, source, crop=False):
+    """config with the model shape `saved` (a checkpoint's model_config, or pretrained weights'):
+    as nanoGPT resumes, the config file may leave the shape out, and a shape setting the user
+    gave that differs is a mistake. crop: a shorter block_size than the model's may be set."""
     given = given_settings(config)
-    differ = [f"{k}={saved.get(k)!r} (settings: {getattr(config, k)!r})" for k in SHAPE_SETTINGS
+    fixed = [k for k in SHAPE_SETTINGS if not (crop and k == "block_size" and config.block_size <= saved[k])]
+    differ = [f"{k}={saved.get(k)!r} (settings: {getattr(config, k)!r})" for k in fixed
               if k in given and saved.get(k) != getattr(config, k)]
     if differ:
-        raise UserError(f"{path} holds a different model: {', '.join(differ)}; leave the model settings "
-                        f"out to take the checkpoint's, or start a new out_dir")
+        raise UserError(f"{source} holds a different model: {', '.join(differ)}; leave the model settings "
+                        f"out to take its own" + ("" if crop else ", or start a new out_dir"))
+    keep = {"block_size"} & given if crop else set()
     try:
-        resumed = replace(config, **{k: saved[k] for k in SHAPE_SETTINGS})
+        resumed = replace(config, **{k: saved[k] for k in SHAPE_SETTINGS if k not in keep})
     except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{path} is not a checkpoint of this project (model_config: {e}); "
+        raise UserError(f"{source} is not a checkpoint of this project (model_config: {e}); "
                         f"use one written by train.py") from None
     resumed.explicit = given
     return resumed
@@ -253,16 +260,29 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.device_type = self.device.split(":")[0]
+        if config.init_from == "auto":  # what torchrun --max-restarts needs: carry on if there is a run
+            given = given_settings(config)
+            config = replace(config, init_from="resume" if (self.out_dir / "ckpt.pt").is_file() else "scratch")
+            config.explicit = given
         saved = self.read_checkpoint(config) if config.init_from == "resume" else None
+        pretrained = None
         if saved:
-            config = settings_for_resume(config, saved, self.out_dir / "ckpt.pt")
+            config = settings_for_model(config, saved["model_config"], self.out_dir / "ckpt.pt")
+        elif config.init_from != "scratch":
+            pretrained = GPT.from_pretrained(config.init_from, config.dropout)
+            config = settings_for_model(config, asdict(pretrained.config), f"init_from={config.init_from}", crop=True)
+            pretrained.crop_block_size(config.block_size)
         self.config = config
         seed_everything(config.seed)
 
         data_dir = ensure_data(config)
         self.meta = dataset_meta(data_dir)
+        if pretrained and self.meta != GPT2_META:
+            raise UserError(f"init_from={config.init_from} reads GPT-2's BPE tokens, but {data_dir} holds "
+                            f"{tokenizer_name(self.meta)} tokens; prepare the data with prepare/shakespeare.py "
+                            f"or prepare/text.py --tokenizer gpt2")
         self.sampler = BatchSampler(data_dir, self.meta, config.block_size, config.batch_size, config.seed)
-        self.model = GPT(config.model_config(self.vocab_size())).to(self.device)
+        self.model = (pretrained or GPT(config.model_config(self.vocab_size()))).to(self.device)
         self.optimizer = self.model.configure_optimizers(
             config.weight_decay, config.learning_rate, (config.beta1, config.beta2), self.device_type)
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype == "float16")
@@ -277,7 +297,7 @@ class Trainer:
         self.step_model = torch.compile(self.model) if config.compile else self.model
         self.autocast = autocast_context(self.device, self.dtype)
         wandb = start_wandb(config) if config.wandb_log and not config.eval_only else None
-        self.metrics = self.open_out_dir(saved["metrics_lines"] if saved else 0, wandb)
+        self.metrics = self.open_out_dir(saved.get("metrics_lines", 0) if saved else 0, wandb)
 
     def read_checkpoint(self, config):
         path = self.out_dir / "ckpt.pt"
@@ -305,15 +325,32 @@ class Trainer:
             raise UserError(f"{path} was trained on other data (another vocabulary) than {self.config.dataset}; "
                             f"resume with the data it was trained on, or start a new out_dir")
         self.model.load_state_dict(state["model"])
+        self.iter_num, self.best_val_loss = state["iter_num"], state["best_val_loss"]
+        if "param_names" in state:  # nanoGPT's: weights, optimizer and iteration carry on, not its batches
+            self.optimizer.load_state_dict(self.optimizer_state_by_name(state["optimizer"], state["param_names"]))
+            print(f"resuming nanoGPT's {path} at iteration {self.iter_num}; the batches from here are drawn afresh")
+            return
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler.is_enabled() and state["scaler"]:  # float16 only; a float32 run saved none
             self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(state["sampler"])
         set_rng_states(state["rng"])
-        self.iter_num, self.best_val_loss = state["iter_num"], state["best_val_loss"]
         self.last_eval_iter = state["last_eval_iter"]
         self.clock = Clock(state.get("elapsed", 0.0))
         print(f"resuming from {path} at iteration {self.iter_num}")
+
+    def optimizer_state_by_name(self, saved, names):
+        """An optimizer state saved with its parameters in another order (names: the saved order)
+        for this run's optimizer: each parameter's moments go to the same parameter here."""
+        name_of = {id(p): name for name, p in self.model.named_parameters()}
+        ours = self.optimizer.state_dict()["param_groups"]
+        order = {name_of[id(p)]: i for i, p in enumerate(p for g in self.optimizer.param_groups for p in g["params"])}
+        if sorted(names) != sorted(order) or [len(g["params"]) for g in saved["param_groups"]] != \
+                [len(g["params"]) for g in ours]:
+            raise UserError(f"the optimizer state in {self.out_dir / 'ckpt.pt'} does not fit this model; "
+                            f"start from its weights with a new out_dir instead")
+        return {"state": {order[names[i]]: s for i, s in saved["state"].items()},
+                "param_groups": [{**g, "params": mine["params"]} for g, mine in zip(saved["param_groups"], ours)]}
 
     def open_out_dir(self, metrics_lines, wandb):
         """Only now, with every setting checked, touch what is on disk."""

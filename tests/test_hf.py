@@ -190,3 +190,78 @@ def test_export_command_from_a_trained_checkpoint(tiny_train_args, tmp_path, mon
     with pytest.raises(SystemExit) as info:
         export.main([f"--out_dir={tmp_path / 'out'}"])
     assert info.value.code == 2 and "--to is missing" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- finetuning
+
+@pytest.fixture
+def bpe_run(tmp_path, gpt2_codec, monkeypatch):
+    """A local GPT-2 folder (random weights, GPT-2's vocabulary) and GPT-2 BPE data beside it."""
+    from prepare.text import prepare_text
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "text.txt").write_text("O Romeo, Romeo! wherefore art thou Romeo?\n" * 200)
+    prepare_text(tmp_path / "data" / "romeo", tmp_path / "text.txt", "gpt2")
+    theirs = hf_model(tmp_path / "gpt2-local", vocab_size=50257, n_embd=32, n_head=2, n_positions=64,
+                      bos_token_id=50256, eos_token_id=50256)
+    return tmp_path, theirs
+
+
+def finetune_args(root, **extra):
+    settings = {"init_from": root / "gpt2-local", "data_dir": root / "data", "dataset": "romeo",
+                "out_dir": root / "out", "block_size": 32, "batch_size": 2, "gradient_accumulation_steps": 1,
+                "max_iters": 4, "eval_interval": 2, "eval_iters": 2, "learning_rate": 3e-5, "decay_lr": False,
+                "device": "cpu", "dtype": "float32", "dropout": 0.1, **extra}
+    return [f"--{k}={v}" for k, v in settings.items()]
+
+
+def test_finetune_from_a_local_folder_then_resume_and_sample(bpe_run, capsys):
+    import sample
+    import train
+
+    root, theirs = bpe_run
+    start = train.Trainer(train.load_settings(train.TrainConfig, finetune_args(root))).model
+    idx = tokens(50257, length=32)  # before a step: GPT-2's weights, cropped to block_size 32
+    torch.testing.assert_close(ours_logits(start, idx), hf_logits(theirs.eval(), idx))
+
+    assert train.main(finetune_args(root, max_iters=2)) in (0, None)
+    state = load_checkpoint_file(root / "out" / "ckpt.pt")
+    assert state["model_config"] == {**state["model_config"], "n_layer": 2, "n_embd": 32, "vocab_size": 50257,
+                                     "block_size": 32, "dropout": 0.1, "activation": "gelu"}
+    assert train.main(finetune_args(root, init_from="resume")) in (0, None)
+    assert load_checkpoint_file(root / "out" / "ckpt.pt")["iter_num"] == 4
+    capsys.readouterr()
+    texts = sample.sample(sample.load_settings(sample.SampleConfig, [f"--out_dir={root / 'out'}", "--start=O Romeo",
+                                                                     "--max_new_tokens=5", "--device=cpu"]))
+    assert len(texts) == 1
+    texts = sample.sample(sample.load_settings(sample.SampleConfig, [f"--init_from={root / 'gpt2-local'}",
+                                                                     "--start=O Romeo", "--max_new_tokens=5",
+                                                                     "--temperature=0", "--device=cpu"]))
+    prompt = torch.tensor([sample.TiktokenCodec("gpt2").encode("O Romeo")])
+    greedy = hf_greedy(theirs, prompt, 5)[0, prompt.size(1):].tolist()
+    assert texts[0] == sample.TiktokenCodec("gpt2").decode(greedy)
+
+
+def load_checkpoint_file(path):
+    from checkpoint import load_checkpoint
+
+    return load_checkpoint(path)
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    ({"n_layer": 3}, "holds a different model: n_layer=2"),
+    ({"block_size": 128}, "block_size=64"),
+    ({"dataset": "chars"}, "reads GPT-2's BPE tokens"),
+    ({"init_from": "gpt3"}, "init_from must be"),
+])
+def test_finetune_mistakes_are_one_line(bpe_run, capsys, extra, fragment):
+    import train
+    from prepare.text import prepare_text
+
+    root, _ = bpe_run
+    prepare_text(root / "data" / "chars", root / "text.txt", "char")
+    with pytest.raises(SystemExit) as info:
+        train.main(finetune_args(root, **extra))
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and len(err.splitlines()) == 1 and fragment in err, err
+    assert not (root / "out").exists()

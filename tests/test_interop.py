@@ -217,3 +217,81 @@ def test_a_corpus_is_never_downloaded_unasked(tmp_path, monkeypatch, capsys):
         train.main(tiny_args(tmp_path / "data", "openwebtext", tmp_path / "out"))
     assert_one_error_line(capsys, excinfo, "python prepare/openwebtext.py")
     assert not (tmp_path / "data").exists()
+
+
+# ----------------------------------------------------------------------------- nanoGPT checkpoints
+
+NANOGPT_ORDER = ("transformer.wte.", "transformer.wpe.", "transformer.h.", "transformer.ln_f.", "lm_head.")
+
+
+def as_nanogpt_checkpoint(state, dataset, compiled=True):
+    """Our checkpoint in the form nanoGPT's train.py saves: its module order, the causal-mask
+    buffers, '_orig_mod.' before every name when the model was compiled, model_args and config,
+    and the optimizer's parameters listed in nanoGPT's order (matrices, then vectors)."""
+    ours = state["model"]
+    names = sorted(ours, key=lambda k: next(i for i, p in enumerate(NANOGPT_ORDER) if k.startswith(p)))
+    model = {}
+    for name in names:
+        model[name] = ours[name]
+        if name.endswith("attn.c_proj.bias"):
+            model[name.replace("c_proj.bias", "bias")] = torch.ones(1, 1, 16, 16).tril()
+    prefix = "_orig_mod." if compiled else ""
+    model = {prefix + k: v for k, v in model.items()}
+    # our optimizer's order: named_parameters (wte, h..., ln_f, wpe), matrices then vectors
+    our_params = [k for k in ours if k != "lm_head.weight"]
+    our_params = sorted(our_params, key=lambda k: k.startswith("transformer.wpe"))
+    ours_order = [k for k in our_params if ours[k].dim() >= 2] + [k for k in our_params if ours[k].dim() < 2]
+    params = [k for k in names if k != "lm_head.weight"]
+    theirs_order = [k for k in params if ours[k].dim() >= 2] + [k for k in params if ours[k].dim() < 2]
+    optimizer = state["optimizer"]
+    moved = {theirs_order.index(name): optimizer["state"][i] for i, name in enumerate(ours_order)}
+    groups, start = [], 0
+    for group in optimizer["param_groups"]:
+        groups.append({**group, "params": list(range(start, start + len(group["params"])))})
+        start += len(group["params"])
+    args = {k: state["model_config"][k] for k in ("n_layer", "n_head", "n_embd", "block_size", "bias",
+                                                  "vocab_size", "dropout")}
+    return {"model": model, "optimizer": {"state": moved, "param_groups": groups}, "model_args": args,
+            "iter_num": state["iter_num"], "best_val_loss": torch.tensor(state["best_val_loss"]),
+            "config": {**state["train_config"], "dataset": dataset}}
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_nanogpt_checkpoint_samples_and_resumes(char_data, tmp_path, monkeypatch, compiled):
+    """nanoGPT's ckpt.pt (exact GELU, its names and order) gives sample.py the same model, and
+    init_from=resume carries its weights, optimizer moments and iteration on."""
+    import sample
+
+    monkeypatch.chdir(tmp_path)
+    train.main(tiny_args(char_data, "tiny", tmp_path / "ours", activation="gelu_exact"))
+    ours = load_checkpoint(tmp_path / "ours" / "ckpt.pt")
+    as_nanogpt(char_data / "tiny", tmp_path / "data" / "shakespeare_char")  # nanoGPT's data/, beside the run
+    nano = tmp_path / "out-nano"
+    nano.mkdir()
+    torch.save(as_nanogpt_checkpoint(ours, "shakespeare_char", compiled), nano / "ckpt.pt")
+
+    model, codec = sample.load_model(nano / "ckpt.pt", "cpu")
+    reference, _ = sample.load_model(tmp_path / "ours" / "ckpt.pt", "cpu")
+    idx = torch.randint(0, codec.vocab_size, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx)[0], reference(idx)[0], rtol=0, atol=0)
+    assert codec.chars == read_meta(char_data / "tiny")["chars"]
+
+    config = train.load_settings(train.TrainConfig, tiny_args(tmp_path / "data", "shakespeare_char", nano,
+                                                              init_from="resume", max_iters=25))
+    trainer = train.Trainer(config)
+    assert trainer.iter_num == ours["iter_num"]
+    resumed = trainer.optimizer.state_dict()
+    for i, moments in ours["optimizer"]["state"].items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(resumed["state"][i][key], moments[key], rtol=0, atol=0)
+    trainer.train()
+    assert load_checkpoint(nano / "ckpt.pt")["iter_num"] == 25
+
+
+def test_nanogpt_checkpoint_without_its_vocabulary(char_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train.main(tiny_args(char_data, "tiny", tmp_path / "ours"))
+    torch.save(as_nanogpt_checkpoint(load_checkpoint(tmp_path / "ours" / "ckpt.pt"), "gone"), tmp_path / "ckpt.pt")
+    with pytest.raises(UserError, match="data/gone/meta.pkl, which holds it, is missing"):
+        load_checkpoint(tmp_path / "ckpt.pt")
