@@ -3,6 +3,7 @@
     python sample.py --temperature 0.8                       # from out-shakespeare-char/
     python sample.py --out_dir=out --start "FILE:prompt.txt" --num_samples 3 --top_p 0.9
     python sample.py --show_probs 5 --max_new_tokens 40     # the candidates behind each token
+    python sample.py --init_from=gpt2 --start "The meaning of life is"    # OpenAI's GPT-2 weights
 
 Settings: the defaults below, then config files, then --key=value (or --key value).
 """
