@@ -353,7 +353,9 @@ class Trainer:
                 "param_groups": [{**g, "params": mine["params"]} for g, mine in zip(saved["param_groups"], ours)]}
 
     def open_out_dir(self, metrics_lines, wandb):
-        """Only now, with every setting checked, touch what is on disk."""
+        """Only now, with every setting checked, touch what is on disk (eval_only writes nothing)."""
+        if self.config.eval_only:
+            return Metrics(None, metrics_lines, wandb)
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -363,7 +365,7 @@ class Trainer:
         for name in ("ckpt.pt", "best.pt", "metrics.jsonl", "loss.png"):  # temp files left by a save killed part-way
             for unfinished in self.out_dir.glob(f".{name}.*tmp"):
                 unfinished.unlink()
-        return Metrics(None if self.config.eval_only else self.out_dir / "metrics.jsonl", metrics_lines, wandb)
+        return Metrics(self.out_dir / "metrics.jsonl", metrics_lines, wandb)
 
     def state_dict(self):
         """Everything the rest of a run depends on: the one definition of a checkpoint's contents."""
@@ -488,7 +490,9 @@ class Trainer:
 
     def how_to_go_on(self, fix):
         """The end of the line that stops a run: fix, then resume if there is a checkpoint to resume."""
-        if (self.out_dir / "ckpt.pt").is_file():
+        if self.config.eval_only:
+            print(f"val loss {self.best_val_loss:.4f} (eval_only: nothing written)")
+        elif (self.out_dir / "ckpt.pt").is_file():
             return f"the last checkpoint in {self.out_dir} is untouched: {fix} and resume with --init_from=resume"
         return f"no checkpoint was saved yet: {fix} and start again"
 
@@ -543,7 +547,9 @@ class Trainer:
 
     def summary(self, steps):
         """The closing lines: best val loss, where the checkpoints are, time, tokens and speed."""
-        if (self.out_dir / "ckpt.pt").is_file():
+        if self.config.eval_only:
+            print(f"val loss {self.best_val_loss:.4f} (eval_only: nothing written)")
+        elif (self.out_dir / "ckpt.pt").is_file():
             print(f"best val loss {self.best_val_loss:.4f}; checkpoints in {self.out_dir}")
         else:  # iteration 0 is never saved, and with always_save_checkpoint=False only a better val loss is
             print(f"best val loss {self.best_val_loss:.4f}; no checkpoint saved: none is written at iteration 0, "

@@ -265,3 +265,18 @@ def test_finetune_mistakes_are_one_line(bpe_run, capsys, extra, fragment):
     err = capsys.readouterr().err
     assert info.value.code == 2 and len(err.splitlines()) == 1 and fragment in err, err
     assert not (root / "out").exists()
+
+
+def test_eval_config_evaluates_pretrained_weights_and_writes_nothing(bpe_run, capsys):
+    import train
+
+    root, theirs = bpe_run
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    args = [str(ROOT / "configs" / "eval_gpt2.py"), f"--init_from={root / 'gpt2-local'}", f"--data_dir={root / 'data'}",
+            "--dataset=romeo", "--eval_iters=2", "--batch_size=2", "--block_size=32", "--device=cpu", "--dtype=float32"]
+    assert train.main(args) in (0, None)
+    out = capsys.readouterr().out
+    assert "eval_only: nothing written" in out
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+    loss = float(out.split("val loss ")[1].split()[0].rstrip(";"))
+    assert loss == pytest.approx(float(torch.log(torch.tensor(50257.0))), abs=0.2)  # random weights: ~uniform
