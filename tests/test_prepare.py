@@ -429,6 +429,23 @@ def test_own_text_folder_char(tmp_path):
     assert len(read_tokens(tmp_path / "mine" / "train.bin")) == int(len(whole) * 0.9)
 
 
+def test_own_text_char_trains_and_samples(monkeypatch, tmp_path):
+    """The README's own-text recipe: prepare/text.py, then train.py on it, then sample.py."""
+    import sample
+    import train
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.txt").write_text(TEXT * 5)
+    assert text.main(["--input", "mine.txt", "--out_dir", "data/mine"]) is None
+    assert train.main(["--dataset=mine", "--out_dir=out-mine", "--n_layer=1", "--n_head=2", "--n_embd=16",
+                       "--block_size=16", "--batch_size=2", "--gradient_accumulation_steps=1", "--max_iters=4",
+                       "--eval_interval=2", "--eval_iters=1", "--warmup_iters=1", "--lr_decay_iters=4",
+                       "--device=cpu", "--dtype=float32"]) == 0
+    texts = sample.sample(sample.SampleConfig(out_dir="out-mine", start=TEXT[:3], max_new_tokens=8, device="cpu"),
+                          out=io.StringIO())
+    assert len(texts[0]) == 8 and set(texts[0]) <= set(TEXT)
+
+
 def test_own_text_gpt2_puts_end_of_text_between_files(gpt2_codec, tmp_path):
     folder = own_text_folder(tmp_path)
     text.prepare_text(tmp_path / "mine", folder, tokenizer="gpt2")
