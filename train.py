@@ -490,9 +490,7 @@ class Trainer:
 
     def how_to_go_on(self, fix):
         """The end of the line that stops a run: fix, then resume if there is a checkpoint to resume."""
-        if self.config.eval_only:
-            print(f"val loss {self.best_val_loss:.4f} (eval_only: nothing written)")
-        elif (self.out_dir / "ckpt.pt").is_file():
+        if (self.out_dir / "ckpt.pt").is_file():
             return f"the last checkpoint in {self.out_dir} is untouched: {fix} and resume with --init_from=resume"
         return f"no checkpoint was saved yet: {fix} and start again"
 
