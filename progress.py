@@ -1,5 +1,6 @@
 """What a user sees while waiting: a live progress line in a terminal, nothing in a log file."""
 
+import os
 import sys
 
 from tqdm import tqdm
@@ -9,6 +10,7 @@ def progress(iterable=None, total=None, desc=None, unit="it", leave=False, initi
              disable=False):
     """A tqdm bar on stderr when it is a terminal; when output goes to a file or a pipe the bar is
     off (no carriage returns in a log), and the caller's own log lines are the record."""
+    disable = disable or os.environ.get("RANK", "0") != "0"  # under torchrun, rank 0 alone shows progress
     return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, initial=initial, unit_scale=unit_scale,
                 file=sys.stderr, disable=True if disable else None, dynamic_ncols=True)
 

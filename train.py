@@ -21,9 +21,11 @@ from typing import Optional
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import load_checkpoint, save_checkpoint
-from hardware import autocast_context, resolve_device, resolve_dtype
+from distributed import Processes, no_sync_unless
+from hardware import autocast_context, resolve_dtype
 from metrics import Metrics, start_wandb
 from model import GPT, GPTConfig
 from plot import loss_figure, save_png
@@ -79,7 +81,7 @@ class TrainConfig:
     lr_decay_iters: int = 600000  # ~ max_iters, per Chinchilla
     min_lr: float = 6e-5  # ~ learning_rate / 10, per Chinchilla
     # system
-    backend: str = "nccl"  # torch.distributed backend; kept for nanoGPT configs (runs are one process)
+    backend: str = "auto"  # under torchrun: auto (nccl between GPUs, gloo between CPU processes), nccl, gloo
     device: str = "auto"  # auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps
     dtype: str = "auto"  # auto, float32, bfloat16, float16 (float16 uses a GradScaler)
     compile: bool = False  # torch.compile the model (faster steps after a slow first one)
@@ -173,10 +175,11 @@ class BatchSampler:
                                 f"needs more than that; use more text or a smaller block_size")
         self.rng = np.random.default_rng(seed)
 
-    def batch(self, split, rng=None):
-        """(x, y), each (batch_size, block_size) int64 on the CPU."""
+    def batch(self, split, rng=None, count=None, part=slice(None)):
+        """(x, y), each (batch_size, block_size) int64 on the CPU. count: draw that many windows
+        instead (an optimizer step's, across every process) and build only those in `part`."""
         starts = self.starts[split]
-        offsets = (rng or self.rng).integers(0, starts[-1], size=self.batch_size)
+        offsets = (rng or self.rng).integers(0, starts[-1], size=count or self.batch_size)[part]
         files = np.searchsorted(starts, offsets, side="right")
         offsets -= np.concatenate(([0], starts[:-1]))[files]
         windows = np.stack([self.data[split][f][o : o + self.block_size + 1] for f, o in zip(files, offsets)])
@@ -257,7 +260,8 @@ class Trainer:
 
     def __init__(self, config):
         self.out_dir = Path(config.out_dir)
-        self.device = resolve_device(config.device)
+        self.procs = Processes(config.backend, config.device)  # one, or torchrun's many
+        self.device = self.procs.device
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.device_type = self.device.split(":")[0]
         if config.init_from == "auto":  # what torchrun --max-restarts needs: carry on if there is a run
@@ -288,15 +292,25 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype == "float16")
         self.iter_num, self.best_val_loss, self.last_eval_iter = 0, float("inf"), -1
         self.tokens_per_step = config.gradient_accumulation_steps * config.batch_size * config.block_size
+        if config.gradient_accumulation_steps % self.procs.world_size:
+            raise UserError(f"gradient_accumulation_steps={config.gradient_accumulation_steps} is the total across "
+                            f"processes, as in nanoGPT, so it must be a multiple of their number "
+                            f"({self.procs.world_size}); e.g. --gradient_accumulation_steps="
+                            f"{-(-config.gradient_accumulation_steps // self.procs.world_size) * self.procs.world_size}")
+        self.micro_steps = config.gradient_accumulation_steps // self.procs.world_size  # on each process
         self.clock = Clock()
         if saved:
             self.load_state(saved)
         elif (self.out_dir / "ckpt.pt").exists() and not config.eval_only:
             raise UserError(f"{self.out_dir} already holds a run (ckpt.pt); continue it with --init_from=resume, "
                             f"or choose another out_dir (or delete that one) to start afresh")
-        self.step_model = torch.compile(self.model) if config.compile else self.model
+        self.step_model = self.model
+        if self.procs.world_size > 1:
+            self.step_model = DDP(self.model, device_ids=[self.procs.local_rank] if self.device_type == "cuda" else None)
+        if config.compile:
+            self.step_model = torch.compile(self.step_model)
         self.autocast = autocast_context(self.device, self.dtype)
-        wandb = start_wandb(config) if config.wandb_log and not config.eval_only else None
+        wandb = start_wandb(config) if config.wandb_log and not config.eval_only and self.procs.master else None
         self.metrics = self.open_out_dir(saved.get("metrics_lines", 0) if saved else 0, wandb)
 
     def read_checkpoint(self, config):
@@ -354,7 +368,7 @@ class Trainer:
 
     def open_out_dir(self, metrics_lines, wandb):
         """Only now, with every setting checked, touch what is on disk (eval_only writes nothing)."""
-        if self.config.eval_only:
+        if self.config.eval_only or not self.procs.master:
             return Metrics(None, metrics_lines, wandb)
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -394,15 +408,17 @@ class Trainer:
     def estimate_loss(self):
         self.model.eval()
         losses = {}
+        procs = self.procs
         with progress(total=2 * self.config.eval_iters, desc="evaluating", unit="batch") as bar:
             for split in ("train", "val"):
                 total = 0.0
-                for x, y in self.sampler.eval_batches(split, self.config.eval_iters):
+                batches = self.sampler.eval_batches(split, self.config.eval_iters)
+                for x, y in batches[procs.rank :: procs.world_size]:  # each process its share
                     with self.autocast:
-                        _, loss = self.step_model(*self.to_device(x, y))
+                        _, loss = self.model(*self.to_device(x, y))
                     total += loss.item()
-                    bar.update()
-                losses[split] = total / self.config.eval_iters
+                    bar.update(procs.world_size)
+                losses[split] = procs.sum(total) / self.config.eval_iters
         self.model.train()
         self.last_eval_iter = self.iter_num
         return losses
@@ -423,7 +439,7 @@ class Trainer:
         if it > 0 and not config.eval_only and (improved or config.always_save_checkpoint):
             self.save(best=improved)
             report += "; saved ckpt.pt and best.pt" if improved else "; saved ckpt.pt"
-        if not config.eval_only:
+        if not config.eval_only and self.procs.master:
             self.draw_loss_plot()
         log(report)
         self.clock.evaluated(time.perf_counter() - started)
@@ -442,17 +458,23 @@ class Trainer:
         lr = get_lr(self.config, self.iter_num)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        steps = self.config.gradient_accumulation_steps
+        # The step's windows are drawn at once, the same on every process; each builds its own
+        # share, so what a run sees depends on its seed and tokens per step, not on how many
+        # processes share them or how the micro-batches split them.
+        B, steps, procs = self.config.batch_size, self.micro_steps, self.procs
+        x_all, y_all = self.sampler.batch("train", count=B * self.config.gradient_accumulation_steps,
+                                          part=slice(procs.rank * steps * B, (procs.rank + 1) * steps * B))
         total = torch.zeros((), device=self.device)
-        for _ in range(steps):
-            x, y = self.to_device(*self.sampler.batch("train"))
-            with self.autocast:
-                _, loss = self.step_model(x, y)
+        for micro in range(steps):
+            x, y = self.to_device(x_all[micro * B : (micro + 1) * B], y_all[micro * B : (micro + 1) * B])
+            with no_sync_unless(self.step_model, sync=micro == steps - 1):
+                with self.autocast:
+                    _, loss = self.step_model(x, y)
+                self.scaler.scale(loss / steps).backward()
             total += loss.detach()
-            self.scaler.scale(loss / steps).backward()
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip or float("inf"))
-        loss, norm = total.item() / steps, norm.item()
+        loss, norm = procs.sum(total.item() / steps) / procs.world_size, norm.item()  # the mean over processes
         # float16: an inf gradient means the loss scale is too high; the scaler skips that step
         # and lowers the scale, routine and not the run's problem.
         problem = (f"the loss is {loss}" if not math.isfinite(loss) else
@@ -480,7 +502,10 @@ class Trainer:
                         + self.how_to_go_on("lower learning_rate") + alternative)
 
     def save(self, best=False):
-        """ckpt.pt (the latest state) and, if best, best.pt; on failure the old files stay whole."""
+        """ckpt.pt (the latest state) and, if best, best.pt; on failure the old files stay whole.
+        Under torchrun rank 0 writes: every rank holds the same weights and optimizer state."""
+        if not self.procs.master:
+            return
         try:
             save_checkpoint(self.out_dir / "ckpt.pt", self.state_dict(),
                             copies=[self.out_dir / "best.pt"] if best else [])
@@ -500,13 +525,15 @@ class Trainer:
                 self.loop(stop)
         finally:
             self.metrics.close()
+            self.procs.close()
         return self
 
     def loop(self, stop):
         config, metrics = self.config, self.metrics
         print(f"model: {self.model.num_params() / 1e6:.2f}M parameters, {config.n_layer} layers, "
               f"{config.n_head} heads, {config.n_embd} wide, context {config.block_size}")
-        print(f"device {self.device}, dtype {self.dtype}; {self.tokens_per_step:,} tokens per step "
+        processes = f", {self.procs.world_size} processes" if self.procs.world_size > 1 else ""
+        print(f"device {self.device}{processes}, dtype {self.dtype}; {self.tokens_per_step:,} tokens per step "
               f"({config.gradient_accumulation_steps} x {config.batch_size} x {config.block_size})")
         first_iter, step_seconds, steps_since_log = self.iter_num, 0.0, 0
         bar = progress(total=config.max_iters, initial=self.iter_num, desc="training", unit="iter")
@@ -517,7 +544,7 @@ class Trainer:
                 self.evaluate()
             if config.eval_only or it >= config.max_iters:
                 break
-            if stop.signal is not None:
+            if self.procs.any(stop.signal is not None):  # every process stops at the same step
                 self.save()
                 log(f"stopped at iteration {it}; saved {self.out_dir / 'ckpt.pt'}. "
                     f"To continue, run the same command with --init_from=resume")

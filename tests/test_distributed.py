@@ -1,0 +1,121 @@
+"""torchrun on the CPU: 2 processes talking through gloo, checked against one process."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+
+
+def settings(char_data, out_dir, **extra):
+    values = {"data_dir": char_data, "dataset": "tiny", "out_dir": out_dir, "n_layer": 2, "n_head": 2, "n_embd": 32,
+              "block_size": 16, "batch_size": 4, "gradient_accumulation_steps": 2, "max_iters": 10,
+              "eval_interval": 5, "eval_iters": 4, "log_interval": 1, "warmup_iters": 2, "lr_decay_iters": 10,
+              "learning_rate": 1e-3, "device": "cpu", "dtype": "float32", "dropout": 0.0, **extra}
+    return [f"--{k}={v}" for k, v in values.items()]
+
+
+def torchrun(args, cwd, nproc=2, extra=(), timeout=120):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *extra,
+               str(ROOT / "train.py"), *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def losses(out_dir):
+    rows = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [(r["iter"], r.get("loss"), r.get("val_loss")) for r in rows]
+
+
+def assert_same_run(a, b):
+    for (ia, la, va), (ib, lb, vb) in zip(losses(a), losses(b), strict=True):
+        assert ia == ib
+        for x, y in ((la, lb), (va, vb)):
+            assert (x is None) == (y is None) and (x is None or abs(x - y) < 1e-5), (ia, x, y)
+    wa, wb = load_checkpoint(Path(a) / "ckpt.pt")["model"], load_checkpoint(Path(b) / "ckpt.pt")["model"]
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=1e-5)
+
+
+def test_two_processes_equal_one_with_accumulation(char_data, tmp_path):
+    """2 ranks x 1 micro-batch each see the batches 1 process x 2 micro-batches sees: same losses,
+    same weights. Only rank 0 writes, and each log line appears once."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    result = torchrun(settings(char_data, "two"), runs)
+    assert result.returncode == 0, result.stderr
+    assert train.main(settings(char_data, runs / "one")) == 0
+    assert_same_run(runs / "one", runs / "two")
+    assert "2 processes" in result.stdout
+    assert result.stdout.count("iter 10/10:") == 1 and result.stdout.count("step 5:") == 1
+    assert sorted(p.name for p in (runs / "two").iterdir()) == sorted(p.name for p in (runs / "one").iterdir())
+    assert sorted(p.name for p in runs.iterdir()) == ["one", "two"]  # nothing else written anywhere
+
+
+def test_resume_under_torchrun_on_two_or_on_one_continues_exactly(char_data, tmp_path):
+    assert train.main(settings(char_data, tmp_path / "whole")) == 0
+    for name, resume_on in (("two-two", 2), ("two-one", 1)):
+        first = torchrun(settings(char_data, tmp_path / name, max_iters=5), tmp_path)
+        assert first.returncode == 0, first.stderr
+        resume = settings(char_data, tmp_path / name, init_from="resume")
+        if resume_on == 2:
+            result = torchrun(resume, tmp_path)
+            assert result.returncode == 0, result.stderr
+        else:
+            assert train.main(resume) == 0
+        assert_same_run(tmp_path / "whole", tmp_path / name)
+
+
+def test_auto_resumes_after_a_killed_worker(char_data, tmp_path):
+    """torchrun --max-restarts restarts the group after a worker dies; with init_from=auto the
+    restarted processes carry on from the last checkpoint by themselves."""
+    args = settings(char_data, tmp_path / "out", init_from="auto", max_iters=3000, eval_interval=100,
+                    eval_iters=1, log_interval=100, lr_decay_iters=3000)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
+               str(ROOT / "train.py"), *args]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (tmp_path / "out" / "ckpt.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    workers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and worker_of(p, tmp_path)]
+    assert workers and proc.poll() is None, "the run ended before a worker could be killed"
+    os.kill(workers[-1], signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "resuming from" in out
+    state = load_checkpoint(tmp_path / "out" / "ckpt.pt")
+    assert state["iter_num"] == 3000
+
+
+def worker_of(proc_dir, tmp_path):
+    try:
+        cmdline = (proc_dir / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return str(ROOT / "train.py").encode() in cmdline and b"torch.distributed.run" not in b" ".join(cmdline) \
+        and f"--out_dir={tmp_path / 'out'}".encode() in cmdline
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    ({"gradient_accumulation_steps": 3}, "must be a multiple of their number (2)"),
+    ({"device": "cuda:1"}, "each process takes the GPU of its LOCAL_RANK"),
+    ({"backend": "nccl"}, "backend=nccl needs GPUs"),
+])
+def test_mistakes_under_torchrun_are_one_line_not_a_hang(char_data, tmp_path, extra, fragment):
+    result = torchrun(settings(char_data, tmp_path / "out", **extra), tmp_path, timeout=60)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors and all(fragment in line for line in errors), result.stderr
+    assert not (tmp_path / "out").exists()
