@@ -91,12 +91,15 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, cache=None):
+    def heads(self, x):
+        """x (B, T, C) -> q, k, v, each (B, nh, T, hs): every head's queries, keys and values."""
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        return [t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v)]
+
+    def forward(self, x, cache=None):
+        B, T, C = x.size()
+        q, k, v = self.heads(x)  # (B, nh, T, hs) each
         past = 0
         if cache is not None:
             past = cache.length
@@ -110,6 +113,16 @@ class CausalSelfAttention(nn.Module):
         )
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
+
+    def weights(self, x):
+        """The weights forward averages the values with (in eval mode: training also drops some),
+        written out, as forward's fused scaled_dot_product_attention never forms them; for looking
+        inside the model (explain.py). x (B, T, C) -> (B, nh, T, T), row i a distribution over 0..i."""
+        q, k, _ = self.heads(x)
+        T = x.size(1)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(k.size(-1))  # (B, nh, T, T); SDPA's default scale
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        return F.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
 
 
 class MLP(nn.Module):

@@ -218,6 +218,19 @@ def ensure_data(config):
     return data_dir
 
 
+def model_vocab_size(meta, setting=None):
+    """The model's vocabulary: the setting (a resumed run's is its checkpoint's), else the data's."""
+    data_vocab = meta["vocab_size"]
+    if setting is not None:
+        vocab_size = setting
+    else:  # BPE padded to a multiple of 64 runs faster; the extra rows go unused
+        vocab_size = data_vocab if meta["codec"] == "char" else -(-data_vocab // 64) * 64
+    if vocab_size < data_vocab:
+        raise UserError(f"vocab_size={vocab_size} is smaller than the data's vocabulary "
+                        f"({data_vocab}); raise it or leave it unset")
+    return vocab_size
+
+
 def get_lr(config, it):
     """Linear warmup for warmup_iters, cosine decay to min_lr at lr_decay_iters, then min_lr."""
     if not config.decay_lr:
@@ -286,7 +299,7 @@ class Trainer:
                             f"{tokenizer_name(self.meta)} tokens; prepare the data with prepare/shakespeare.py "
                             f"or prepare/text.py --tokenizer gpt2")
         self.sampler = BatchSampler(data_dir, self.meta, config.block_size, config.batch_size, config.seed)
-        self.model = (pretrained or GPT(config.model_config(self.vocab_size()))).to(self.device)
+        self.model = (pretrained or GPT(config.model_config(model_vocab_size(self.meta, config.vocab_size)))).to(self.device)
         self.optimizer = self.model.configure_optimizers(
             config.weight_decay, config.learning_rate, (config.beta1, config.beta2), self.device_type)
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype == "float16")
@@ -319,18 +332,6 @@ class Trainer:
             raise UserError(f"init_from=resume but there is no checkpoint at {path}; "
                             f"start with --init_from=scratch or set out_dir to the run to resume")
         return load_checkpoint(path, self.device)
-
-    def vocab_size(self):
-        """The model's vocabulary: the setting (a resumed run's is its checkpoint's), else the data's."""
-        data_vocab, config = self.meta["vocab_size"], self.config
-        if config.vocab_size is not None:
-            vocab_size = config.vocab_size
-        else:  # BPE padded to a multiple of 64 runs faster; the extra rows go unused
-            vocab_size = data_vocab if self.meta["codec"] == "char" else -(-data_vocab // 64) * 64
-        if vocab_size < data_vocab:
-            raise UserError(f"vocab_size={vocab_size} is smaller than the data's vocabulary "
-                            f"({data_vocab}); raise it or leave it unset")
-        return vocab_size
 
     def load_state(self, state):
         """Continue the run a checkpoint was saved from, exactly."""
