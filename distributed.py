@@ -92,3 +92,14 @@ def no_sync_unless(model, sync):
     else:
         with model.no_sync():
             yield
+
+
+def shard(model):
+    """FSDP: each block's weights (then the rest) split across the processes, gathered for the
+    moment they compute; gradients and AdamW state stay split. For models whose weights,
+    gradients and optimizer state (16 bytes a parameter) do not fit one GPU."""
+    from torch.distributed.fsdp import fully_shard
+
+    for block in model.transformer.h:
+        fully_shard(block)
+    fully_shard(model)

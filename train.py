@@ -24,7 +24,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import load_checkpoint, save_checkpoint
-from distributed import Processes, no_sync_unless
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_optimizer_state_dict)
+
+from distributed import Processes, no_sync_unless, shard
 from hardware import autocast_context, resolve_dtype
 from metrics import Metrics, start_wandb
 from model import GPT, GPTConfig
@@ -85,6 +88,7 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps
     dtype: str = "auto"  # auto, float32, bfloat16, float16 (float16 uses a GradScaler)
     compile: bool = False  # torch.compile the model (faster steps after a slow first one)
+    fsdp: bool = False  # under torchrun: shard weights, gradients and AdamW state across processes (FSDP)
     nonfinite_loss: str = "stop"  # on a nan/inf loss: 'stop' (keeping the last checkpoint) or 'skip' the step
 
     def __post_init__(self):
@@ -300,6 +304,11 @@ class Trainer:
                             f"or prepare/text.py --tokenizer gpt2")
         self.sampler = BatchSampler(data_dir, self.meta, config.block_size, config.batch_size, config.seed)
         self.model = (pretrained or GPT(config.model_config(model_vocab_size(self.meta, config.vocab_size)))).to(self.device)
+        if saved:
+            self.model.load_state_dict(saved["model"])
+        self.sharded = config.fsdp and self.procs.world_size > 1
+        if self.sharded:
+            shard(self.model)
         self.optimizer = self.model.configure_optimizers(
             config.weight_decay, config.learning_rate, (config.beta1, config.beta2), self.device_type)
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype == "float16")
@@ -318,7 +327,7 @@ class Trainer:
             raise UserError(f"{self.out_dir} already holds a run (ckpt.pt); continue it with --init_from=resume, "
                             f"or choose another out_dir (or delete that one) to start afresh")
         self.step_model = self.model
-        if self.procs.world_size > 1:
+        if self.procs.world_size > 1 and not self.sharded:
             self.step_model = DDP(self.model, device_ids=[self.procs.local_rank] if self.device_type == "cuda" else None)
         if config.compile:
             self.step_model = torch.compile(self.step_model)
@@ -339,13 +348,12 @@ class Trainer:
         if state["meta"] != self.meta:
             raise UserError(f"{path} was trained on other data (another vocabulary) than {self.config.dataset}; "
                             f"resume with the data it was trained on, or start a new out_dir")
-        self.model.load_state_dict(state["model"])
         self.iter_num, self.best_val_loss = state["iter_num"], state["best_val_loss"]
         if "param_names" in state:  # nanoGPT's: weights, optimizer and iteration carry on, not its batches
             self.optimizer.load_state_dict(self.optimizer_state_by_name(state["optimizer"], state["param_names"]))
             print(f"resuming nanoGPT's {path} at iteration {self.iter_num}; the batches from here are drawn afresh")
             return
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.load_optimizer_state(state["optimizer"])
         if self.scaler.is_enabled() and state["scaler"]:  # float16 only; a float32 run saved none
             self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(state["sampler"])
@@ -354,12 +362,28 @@ class Trainer:
         self.clock = Clock(state.get("elapsed", 0.0))
         print(f"resuming from {path} at iteration {self.iter_num}")
 
+    def load_optimizer_state(self, saved):
+        """The optimizer's state from a checkpoint: a plain run's (parameters by position in the
+        optimizer) or a sharded run's (by name), into this run's optimizer, sharded or not."""
+        by_name = any(isinstance(key, str) for key in saved["state"])
+        if not by_name and not self.sharded:
+            return self.optimizer.load_state_dict(saved)
+        if not by_name:
+            names = self.optimizer_names()
+            saved = {"state": {names[i]: s for i, s in saved["state"].items()},
+                     "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in saved["param_groups"]]}
+        set_optimizer_state_dict(self.model, self.optimizer, saved, options=StateDictOptions(full_state_dict=True))
+
+    def optimizer_names(self):
+        """The name of each parameter the optimizer holds, in its order."""
+        name_of = {id(p): name for name, p in self.model.named_parameters()}
+        return [name_of[id(p)] for group in self.optimizer.param_groups for p in group["params"]]
+
     def optimizer_state_by_name(self, saved, names):
         """An optimizer state saved with its parameters in another order (names: the saved order)
         for this run's optimizer: each parameter's moments go to the same parameter here."""
-        name_of = {id(p): name for name, p in self.model.named_parameters()}
         ours = self.optimizer.state_dict()["param_groups"]
-        order = {name_of[id(p)]: i for i, p in enumerate(p for g in self.optimizer.param_groups for p in g["params"])}
+        order = {name: i for i, name in enumerate(self.optimizer_names())}
         if sorted(names) != sorted(order) or [len(g["params"]) for g in saved["param_groups"]] != \
                 [len(g["params"]) for g in ours]:
             raise UserError(f"the optimizer state in {self.out_dir / 'ckpt.pt'} does not fit this model; "
@@ -384,9 +408,15 @@ class Trainer:
 
     def state_dict(self):
         """Everything the rest of a run depends on: the one definition of a checkpoint's contents."""
+        model, optimizer = self.model.state_dict(), self.optimizer.state_dict()
+        if self.sharded:  # whole tensors, gathered on rank 0 (the others get nothing)
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            model = get_model_state_dict(self.model, options=options)
+            model.setdefault("lm_head.weight", model.get("transformer.wte.weight"))  # tied: stored once
+            optimizer = get_optimizer_state_dict(self.model, self.optimizer, options=options)
         return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": model,
+            "optimizer": optimizer,
             "scaler": self.scaler.state_dict(),
             "sampler": self.sampler.state_dict(),
             "rng": rng_states(),
@@ -414,10 +444,12 @@ class Trainer:
             for split in ("train", "val"):
                 total = 0.0
                 batches = self.sampler.eval_batches(split, self.config.eval_iters)
-                for x, y in batches[procs.rank :: procs.world_size]:  # each process its share
+                share = batches[procs.rank :: procs.world_size]  # each process its share
+                rounds = -(-len(batches) // procs.world_size) if self.sharded else len(share)
+                for i in range(rounds):  # FSDP: every process runs as many forwards (each gathers weights)
                     with self.autocast:
-                        _, loss = self.model(*self.to_device(x, y))
-                    total += loss.item()
+                        _, loss = self.model(*self.to_device(*(share[i] if i < len(share) else batches[0])))
+                    total += loss.item() if i < len(share) else 0.0
                     bar.update(procs.world_size)
                 losses[split] = procs.sum(total) / self.config.eval_iters
         self.model.train()
@@ -475,6 +507,7 @@ class Trainer:
             total += loss.detach()
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip or float("inf"))
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a sharded norm
         loss, norm = procs.sum(total.item() / steps) / procs.world_size, norm.item()  # the mean over processes
         # float16: an inf gradient means the loss scale is too high; the scaler skips that step
         # and lowers the scale, routine and not the run's problem.
@@ -504,11 +537,13 @@ class Trainer:
 
     def save(self, best=False):
         """ckpt.pt (the latest state) and, if best, best.pt; on failure the old files stay whole.
-        Under torchrun rank 0 writes: every rank holds the same weights and optimizer state."""
+        Under torchrun rank 0 writes: every rank holds the same weights and optimizer state (with
+        FSDP every rank first sends rank 0 its shards, so the file is whole and loads anywhere)."""
+        state = self.state_dict() if self.procs.master or self.sharded else None
         if not self.procs.master:
             return
         try:
-            save_checkpoint(self.out_dir / "ckpt.pt", self.state_dict(),
+            save_checkpoint(self.out_dir / "ckpt.pt", state,
                             copies=[self.out_dir / "best.pt"] if best else [])
         except OSError as e:
             raise UserError(f"could not save a checkpoint in {self.out_dir}: {e.strerror}; "

@@ -1,7 +1,9 @@
 """torchrun on the CPU: 2 processes talking through gloo, checked against one process."""
 
+import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -119,3 +121,22 @@ def test_mistakes_under_torchrun_are_one_line_not_a_hang(char_data, tmp_path, ex
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors and all(fragment in line for line in errors), result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_fsdp_on_two_processes_checkpoints_whole_and_matches_one(char_data, tmp_path):
+    """FSDP on 2 CPU ranks: a few steps, a checkpoint gathered whole on rank 0, a resume under
+    FSDP, and one on a single process, all equal to a plain run; sample.py reads the checkpoint."""
+    import sample
+
+    first = torchrun(settings(char_data, tmp_path / "fsdp", max_iters=5, fsdp=True, eval_iters=3), tmp_path)
+    assert first.returncode == 0, first.stderr
+    shutil.copytree(tmp_path / "fsdp", tmp_path / "fsdp-then-one")
+    again = torchrun(settings(char_data, tmp_path / "fsdp", init_from="resume", fsdp=True, eval_iters=3), tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert train.main(settings(char_data, tmp_path / "fsdp-then-one", init_from="resume", eval_iters=3)) == 0
+    assert train.main(settings(char_data, tmp_path / "plain3", eval_iters=3)) == 0
+    assert_same_run(tmp_path / "plain3", tmp_path / "fsdp")
+    assert_same_run(tmp_path / "plain3", tmp_path / "fsdp-then-one")
+    texts = sample.sample(sample.SampleConfig(out_dir=str(tmp_path / "fsdp"), max_new_tokens=10, device="cpu"),
+                          out=io.StringIO())
+    assert len(texts[0]) == 10
