@@ -561,6 +561,7 @@ class Trainer:
                 self.loop(stop)
         finally:
             self.metrics.close()
+            self.step_model = None  # DistributedDataParallel goes before its process group does
             self.procs.close()
         return self
 
