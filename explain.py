@@ -178,17 +178,6 @@ def parameter_counts(model, untied=False):
     return counts
 
 
-def flops_per_token(config, counts, untied):
-    """{'training': (matmuls, attention), 'sampling': (...)}: FLOPs per token, as nanoGPT's MFU and
-    the PaLM paper count them. A forward pass multiplies and adds once per weight of a matmul
-    (2N: the embeddings are lookups, but a tied token embedding is also the unembedding, a matmul),
-    and each layer's queries meet every key of the context and its weights every value (4 L T C);
-    training adds the backward pass, twice the forward: 6N + 12 L T C."""
-    weights = sum(counts.values()) - counts["position embedding"] - (counts["token embedding"] if untied else 0)
-    attention = 4 * config.n_layer * config.block_size * config.n_embd
-    return {"training": (6 * weights, 3 * attention), "sampling": (2 * weights, attention)}, weights
-
-
 def summary_config(config, files):
     """The GPTConfig to summarise: that of the training config files, else the checkpoint's."""
     if not files:
@@ -236,7 +225,8 @@ def summary(config, files):
                         for dtype, parts in memory.items()]))
     print("train.py keeps weights, gradients and AdamW state in fp32 (autocast computes in bf16 or fp16): "
           "its need is the fp32 row, plus the activations\n")
-    flops, weights = flops_per_token(c, counts, config.untied)
+    flops = model.flops_per_token()  # an untied unembedding is a matmul like the tied one: the same N
+    weights = flops["sampling"][0] // 2
     print(format_table(["FLOPs per token", f"matmuls (N = {human(weights)})",
                         f"attention (T = {c.block_size:,})", "total"],
                        [[f"{name} ({'6N + 12 L T C' if name == 'training' else '2N + 4 L T C'})",

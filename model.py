@@ -210,6 +210,16 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
+    def flops_per_token(self):
+        """{'training': (matmuls, attention), 'sampling': (...)}: FLOPs per token, as nanoGPT's MFU
+        and the PaLM paper count them. A forward pass multiplies and adds once per weight N of a
+        matmul (2N: the embeddings are lookups, but the tied token embedding is also the
+        unembedding, a matmul), and each layer's queries meet every key of the context and its
+        weights every value (4 L T C); training adds the backward pass, twice the forward."""
+        c = self.config
+        weights, attention = self.num_params(), 4 * c.n_layer * c.block_size * c.n_embd
+        return {"training": (6 * weights, 3 * attention), "sampling": (2 * weights, attention)}
+
     def positions(self, start, length, device):
         pos = torch.arange(start, start + length, device=device)
         if self.config.pos_encoding == "learned":

@@ -86,7 +86,7 @@ def test_summary_of_gpt3_175b_is_the_papers_to_the_parameter(tmp_path, capsys):
     assert counts["MLP up"] == counts["MLP down"] == 57_982_058_496
     assert sum(counts[kind] for kind in explain.MATRICES) == 175_181_291_520
     # The paper's 3.14e23 training FLOPs over 300B tokens: 6N a token.
-    flops, _ = explain.flops_per_token(config, counts, untied=True)
+    flops = model.flops_per_token()
     assert flops["training"][0] == pytest.approx(3.14e23 / 300e9, rel=0.01)
 
     out = tmp_path / "summary.png"
