@@ -1,5 +1,7 @@
 """Which device and precision a run uses, and the autocast that applies the precision."""
 
+import functools
+import time
 from contextlib import nullcontext
 
 import torch
@@ -31,11 +33,87 @@ def resolve_dtype(dtype, device):
     if dtype != "auto":
         return dtype
     kind = device.split(":")[0]
-    if kind == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    if kind == "cpu" and torch.cpu._is_avx512_bf16_supported():
-        return "bfloat16"
+    if kind == "cuda":  # V100 and T4 emulate bfloat16, slowly: float16 (with a GradScaler) there
+        return "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float16"
+    if kind == "cpu" and cpu_has_bf16():
+        return "bfloat16"  # train.py then measures whether it is faster for the model at hand
     return "float32"
+
+
+def cpu_has_bf16():
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def fastest_cpu_dtype(model, x, y, dtypes=("float32", "bfloat16")):
+    """The dtype in which model's forward and backward on (x, y) take least time, measured here:
+    bfloat16 autocast speeds up large matmuls, but on a small model its casts cost more than it
+    saves. Returns (dtype, {dtype: seconds}). The model is measured as it is (dropout included);
+    its gradients are left as they were (none), and torch's random numbers too."""
+    seconds = {}
+    with torch.random.fork_rng(devices=[]):  # dropout's draws here leave the run's own untouched
+        for dtype in dtypes:
+            times = []
+            for _ in range(4):  # the first is a warm-up
+                started = time.perf_counter()
+                with autocast_context("cpu", dtype):
+                    _, loss = model(x, y)
+                loss.backward()
+                times.append(time.perf_counter() - started)
+            seconds[dtype] = sorted(times[1:])[1]
+            model.zero_grad(set_to_none=True)
+    return min(seconds, key=seconds.get), seconds
+
+
+# Dense (no sparsity) tensor-core peaks in FLOP/s, from the makers' data sheets; float32 means
+# TF32 matmuls, which train.py turns on. The most specific name comes first.
+GPU_PEAKS = [
+    ("H200", {"bfloat16": 989e12, "float16": 989e12, "float32": 495e12}),
+    ("H100 PCIe", {"bfloat16": 756e12, "float16": 756e12, "float32": 378e12}),
+    ("H100", {"bfloat16": 989e12, "float16": 989e12, "float32": 495e12}),
+    ("A100", {"bfloat16": 312e12, "float16": 312e12, "float32": 156e12}),
+    ("L40S", {"bfloat16": 362e12, "float16": 362e12, "float32": 183e12}),
+    ("L4", {"bfloat16": 121e12, "float16": 121e12, "float32": 60e12}),
+    ("RTX 4090", {"bfloat16": 165e12, "float16": 165e12, "float32": 82.6e12}),
+    ("RTX 3090", {"bfloat16": 71e12, "float16": 71e12, "float32": 35.6e12}),
+    ("V100", {"float16": 125e12, "float32": 15.7e12}),
+    ("T4", {"float16": 65e12, "float32": 8.1e12}),
+]
+
+
+def peak_flops(device, dtype):
+    """(FLOP/s, where the figure comes from) for MFU: a GPU's from GPU_PEAKS by its name, a CPU's
+    measured here once (matmuls of 1024 x 1024 in dtype, on the threads torch uses); None if unknown."""
+    kind = device.split(":")[0]
+    if kind == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, peaks in GPU_PEAKS:
+            if key in name and dtype in peaks:
+                return peaks[dtype], f"{name}, {dtype}: {peaks[dtype] / 1e12:.0f} TFLOP/s (data sheet)"
+        return None, f"{name} is not in hardware.py's GPU_PEAKS"
+    if kind == "cpu":
+        flops = measured_cpu_matmul_flops(dtype)
+        return flops, f"CPU, {dtype}, {torch.get_num_threads()} threads: {flops / 1e9:.0f} GFLOP/s (measured matmul)"
+    return None, f"no peak known for {device}"
+
+
+@functools.lru_cache
+def measured_cpu_matmul_flops(dtype, n=1024):
+    a = torch.full((n, n), 0.5, dtype=getattr(torch, dtype))  # not randn: the run's random numbers stay its own
+    b = torch.full((n, n), 0.25, dtype=getattr(torch, dtype))
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2 * n**3 / best
+
+
+def enable_tf32():
+    """float32 matmuls and convolutions on TF32 tensor cores (Ampere and later): ~8x faster, with
+    a 10-bit mantissa, which training does not notice. What nanoGPT and PyTorch's guides do."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
 
 
 def autocast_context(device, dtype):

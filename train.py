@@ -28,7 +28,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      get_optimizer_state_dict, set_optimizer_state_dict)
 
 from distributed import Processes, no_sync_unless, shard
-from hardware import autocast_context, resolve_dtype
+from hardware import autocast_context, enable_tf32, fastest_cpu_dtype, peak_flops, resolve_dtype
 from metrics import Metrics, start_wandb
 from model import GPT, GPTConfig
 from plot import loss_figure, save_png
@@ -331,9 +331,26 @@ class Trainer:
             self.step_model = DDP(self.model, device_ids=[self.procs.local_rank] if self.device_type == "cuda" else None)
         if config.compile:
             self.step_model = torch.compile(self.step_model)
+        if config.dtype == "auto" and self.dtype == "bfloat16" and self.device_type == "cpu" and \
+                self.procs.world_size == 1:
+            self.dtype = self.choose_cpu_dtype()
+        if self.device_type == "cuda":
+            enable_tf32()
         self.autocast = autocast_context(self.device, self.dtype)
+        self.peak, self.peak_source = peak_flops(self.device, self.dtype)  # for MFU
+        self.flops_per_token = sum(self.model.flops_per_token()["training"])
         wandb = start_wandb(config) if config.wandb_log and not config.eval_only and self.procs.master else None
         self.metrics = self.open_out_dir(saved.get("metrics_lines", 0) if saved else 0, wandb)
+
+    def choose_cpu_dtype(self):
+        """dtype='auto' on a CPU with bfloat16: whichever of float32 and bfloat16 runs this
+        model's forward and backward faster, measured on a slice of a batch (a few seconds at
+        most; the run's own batches and random numbers are untouched)."""
+        x, y = self.sampler.batch("val", rng=np.random.default_rng(0))
+        dtype, seconds = fastest_cpu_dtype(self.model, x[:8], y[:8])
+        print(f"dtype auto: {dtype} (forward and backward of 8 sequences: "
+              + ", ".join(f"{d} {1000 * t:.1f} ms" for d, t in seconds.items()) + ", measured here)")
+        return dtype
 
     def read_checkpoint(self, config):
         path = self.out_dir / "ckpt.pt"
@@ -572,6 +589,7 @@ class Trainer:
         processes = f", {self.procs.world_size} processes" if self.procs.world_size > 1 else ""
         print(f"device {self.device}{processes}, dtype {self.dtype}; {self.tokens_per_step:,} tokens per step "
               f"({config.gradient_accumulation_steps} x {config.batch_size} x {config.block_size})")
+        print(f"mfu against {self.peak_source}")
         first_iter, step_seconds, steps_since_log = self.iter_num, 0.0, 0
         bar = progress(total=config.max_iters, initial=self.iter_num, desc="training", unit="iter")
         while True:
@@ -597,15 +615,25 @@ class Trainer:
             if self.iter_num % config.log_interval == 0 or self.iter_num == config.max_iters:
                 speed = self.tokens_per_step * steps_since_log / step_seconds
                 left = self.clock.left(self.iter_num, config)
+                mfu = self.mfu(speed)
                 log(f"iter {self.iter_num}/{config.max_iters}: loss {loss:.4f}, lr {lr:.2e}, "
                     f"{1000 * step_seconds / steps_since_log:.1f} ms/iter, {speed:,.0f} tok/s, "
-                    f"{duration(self.clock.elapsed())} elapsed, {duration(left)} left")
+                    + (f"mfu {100 * mfu:.1f}%, " if mfu is not None else "")
+                    + f"{duration(self.clock.elapsed())} elapsed, {duration(left)} left")
                 metrics.record({"iter": self.iter_num, "tokens": self.iter_num * self.tokens_per_step,
                                 "loss": loss, "lr": lr, "grad_norm": norm, "tokens_per_sec": round(speed, 1),
+                                "mfu": None if mfu is None else round(mfu, 5),
                                 "elapsed": round(self.clock.elapsed(), 3)})
                 step_seconds, steps_since_log = 0.0, 0
         bar.close()
         self.summary(self.iter_num - first_iter)
+
+    def mfu(self, tokens_per_second):
+        """Model FLOPs utilisation: the FLOPs the model needs for these tokens (6N + 12 L T C a
+        token) over what the hardware could do in the time (the peak of every process's device)."""
+        if not self.peak:
+            return None
+        return self.flops_per_token * tokens_per_second / (self.peak * self.procs.world_size)
 
     def summary(self, steps):
         """The closing lines: best val loss, where the checkpoints are, time, tokens and speed."""

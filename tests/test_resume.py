@@ -51,7 +51,7 @@ def settings(data_dir, out_dir, **extra):
 
 def untimed(rows):
     """metrics.jsonl rows without the fields that measure time."""
-    return [{k: v for k, v in row.items() if k not in ("elapsed", "tokens_per_sec")} for row in rows]
+    return [{k: v for k, v in row.items() if k not in ("elapsed", "tokens_per_sec", "mfu")} for row in rows]
 
 
 def file_hashes(folder):

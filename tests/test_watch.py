@@ -19,7 +19,7 @@ from metrics import read_metrics
 ROOT = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STEP_FIELDS = {"iter": int, "tokens": int, "loss": float, "lr": float, "grad_norm": float,
-               "tokens_per_sec": float, "elapsed": float}
+               "tokens_per_sec": float, "mfu": float, "elapsed": float}
 EVAL_FIELDS = {"iter": int, "tokens": int, "train_loss": float, "val_loss": float, "elapsed": float}
 
 

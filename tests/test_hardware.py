@@ -1,0 +1,83 @@
+"""Which precision a run uses and what its speed is measured against."""
+
+import numpy as np
+import pytest
+import torch
+
+import hardware
+import train
+from model import GPT, GPTConfig
+
+
+def test_fastest_cpu_dtype_measures_and_leaves_the_run_untouched():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=40, n_layer=2, n_head=2, n_embd=32, dropout=0.1))
+    x = torch.randint(0, 40, (4, 16))
+    state = torch.get_rng_state()
+    dtype, seconds = hardware.fastest_cpu_dtype(model, x, x)
+    assert set(seconds) == {"float32", "bfloat16"} and all(t > 0 for t in seconds.values())
+    assert dtype == min(seconds, key=seconds.get)
+    assert torch.equal(torch.get_rng_state(), state), "dropout's draws leaked into the run's random numbers"
+    assert all(p.grad is None for p in model.parameters())
+    assert model.training
+
+
+def test_auto_measures_on_a_bf16_cpu_and_says_what_it_chose(char_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(train, "fastest_cpu_dtype", lambda model, x, y: ("float32", {"float32": 0.01, "bfloat16": 0.02}))
+    config = train.load_settings(train.TrainConfig, [
+        f"--data_dir={char_data}", "--dataset=tiny", f"--out_dir={tmp_path / 'out'}", "--n_layer=1", "--n_head=1",
+        "--n_embd=16", "--block_size=8", "--batch_size=2", "--device=cpu", "--dtype=auto"])
+    rng = np.random.default_rng(config.seed).bit_generator.state
+    trainer = train.Trainer(config)
+    assert trainer.dtype == "float32"
+    assert "dtype auto: float32 (forward and backward of 8 sequences: float32 10.0 ms, bfloat16 20.0 ms" \
+        in capsys.readouterr().out
+    assert trainer.sampler.rng.bit_generator.state == rng, "the measurement drew from the run's batches"
+
+
+@pytest.mark.parametrize("name, dtype, peak", [
+    ("NVIDIA H100 80GB HBM3", "bfloat16", 989e12),
+    ("NVIDIA H100 PCIe", "bfloat16", 756e12),
+    ("NVIDIA H200", "float32", 495e12),
+    ("NVIDIA A100-SXM4-80GB", "bfloat16", 312e12),
+    ("NVIDIA L4", "float16", 121e12),
+    ("NVIDIA GeForce RTX 4090", "bfloat16", 165e12),
+    ("Tesla V100-SXM2-16GB", "float16", 125e12),
+])
+def test_gpu_peak_by_name(monkeypatch, name, dtype, peak):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    flops, source = hardware.peak_flops("cuda", dtype)
+    assert flops == peak and name in source and "data sheet" in source
+
+
+def test_unknown_gpu_has_no_peak(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some Future GPU")
+    flops, source = hardware.peak_flops("cuda", "bfloat16")
+    assert flops is None and "GPU_PEAKS" in source
+
+
+def test_cpu_peak_is_measured_for_the_dtype():
+    flops, source = hardware.peak_flops("cpu", "float32")
+    assert 1e9 < flops < 1e14 and "measured" in source and "float32" in source
+
+
+def test_emulated_bf16_gpus_get_float16(monkeypatch):
+    """V100 and T4 emulate bfloat16: torch.cuda.is_bf16_supported() says yes unless asked about
+    emulation; auto must pick float16 (with its GradScaler) there."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert hardware.resolve_dtype("auto", "cuda") == "float16"
+
+
+def test_mfu_is_the_models_flops_over_the_peak(char_data, tmp_path):
+    config = train.load_settings(train.TrainConfig, [
+        f"--data_dir={char_data}", "--dataset=tiny", f"--out_dir={tmp_path / 'out'}", "--n_layer=2", "--n_head=2",
+        "--n_embd=32", "--block_size=16", "--batch_size=2", "--device=cpu", "--dtype=float32"])
+    trainer = train.Trainer(config)
+    model = trainer.model
+    c = model.config
+    per_token = 6 * model.num_params() + 12 * c.n_layer * c.block_size * c.n_embd
+    trainer.peak = 1e9
+    assert trainer.mfu(1000.0) == pytest.approx(per_token * 1000.0 / 1e9)
+    trainer.peak = None
+    assert trainer.mfu(1000.0) is None
