@@ -16,7 +16,8 @@ def test_fastest_cpu_dtype_measures_and_leaves_the_run_untouched():
     state = torch.get_rng_state()
     dtype, seconds = hardware.fastest_cpu_dtype(model, x, x)
     assert set(seconds) == {"float32", "bfloat16"} and all(t > 0 for t in seconds.values())
-    assert dtype == min(seconds, key=seconds.get)
+    faster = seconds["bfloat16"] < 0.9 * seconds["float32"]
+    assert dtype == ("bfloat16" if faster else "float32")
     assert torch.equal(torch.get_rng_state(), state), "dropout's draws leaked into the run's random numbers"
     assert all(p.grad is None for p in model.parameters())
     assert model.training
