@@ -178,22 +178,29 @@ class BatchSampler:
                 raise UserError(f"{where} has {max(map(len, files)):,} tokens, but block_size={block_size} "
                                 f"needs more than that; use more text or a smaller block_size")
         self.rng = np.random.default_rng(seed)
+        self.eval_cache = {}
 
     def batch(self, split, rng=None, count=None, part=slice(None)):
         """(x, y), each (batch_size, block_size) int64 on the CPU. count: draw that many windows
         instead (an optimizer step's, across every process) and build only those in `part`."""
-        starts = self.starts[split]
+        starts, span = self.starts[split], np.arange(self.block_size + 1)
         offsets = (rng or self.rng).integers(0, starts[-1], size=count or self.batch_size)[part]
-        files = np.searchsorted(starts, offsets, side="right")
-        offsets -= np.concatenate(([0], starts[:-1]))[files]
-        windows = np.stack([self.data[split][f][o : o + self.block_size + 1] for f, o in zip(files, offsets)])
-        windows = torch.from_numpy(windows.astype(np.int64))
-        return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+        if len(starts) == 1:  # one file: every window in one gather
+            windows = self.data[split][0][offsets[:, None] + span]
+        else:
+            files = np.searchsorted(starts, offsets, side="right")
+            offsets -= np.concatenate(([0], starts[:-1]))[files]
+            windows = np.stack([self.data[split][f][o + span] for f, o in zip(files, offsets)])
+        windows = torch.from_numpy(windows.astype(np.int32))  # made int64 on the device (half the transfer)
+        return windows[:, :-1], windows[:, 1:]
 
     def eval_batches(self, split, count):
-        """The same `count` batches at every evaluation, so val losses compare like with like."""
-        rng = np.random.default_rng([self.seed, 1])
-        return [self.batch(split, rng) for _ in range(count)]
+        """The same `count` batches at every evaluation, so val losses compare like with like
+        (built once)."""
+        if (split, count) not in self.eval_cache:
+            rng = np.random.default_rng([self.seed, 1])
+            self.eval_cache[split, count] = [self.batch(split, rng) for _ in range(count)]
+        return self.eval_cache[split, count]
 
     def state_dict(self):
         return {"rng": self.rng.bit_generator.state}
@@ -347,7 +354,7 @@ class Trainer:
         model's forward and backward faster, measured on a slice of a batch (a few seconds at
         most; the run's own batches and random numbers are untouched)."""
         x, y = self.sampler.batch("val", rng=np.random.default_rng(0))
-        dtype, seconds = fastest_cpu_dtype(self.model, x[:8], y[:8])
+        dtype, seconds = fastest_cpu_dtype(self.model, x[:8].long(), y[:8].long())
         print(f"dtype auto: {dtype} (forward and backward of 8 sequences: "
               + ", ".join(f"{d} {1000 * t:.1f} ms" for d, t in seconds.items()) + ", measured here)")
         return dtype
@@ -448,9 +455,10 @@ class Trainer:
         }
 
     def to_device(self, x, y):
+        """int64 token ids on the device; to a GPU from pinned memory, without waiting."""
         if self.device_type == "cuda":
-            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
-        return x.to(self.device), y.to(self.device)
+            x, y = (t.pin_memory() if not t.is_pinned() else t for t in (x, y))
+        return (t.to(self.device, non_blocking=True).long() for t in (x, y))
 
     @torch.no_grad()
     def estimate_loss(self):
@@ -514,6 +522,8 @@ class Trainer:
         B, steps, procs = self.config.batch_size, self.micro_steps, self.procs
         x_all, y_all = self.sampler.batch("train", count=B * self.config.gradient_accumulation_steps,
                                           part=slice(procs.rank * steps * B, (procs.rank + 1) * steps * B))
+        if self.device_type == "cuda":  # pinned once for the whole step; its slices stay pinned
+            x_all, y_all = x_all.pin_memory(), y_all.pin_memory()
         total = torch.zeros((), device=self.device)
         for micro in range(steps):
             x, y = self.to_device(x_all[micro * B : (micro + 1) * B], y_all[micro * B : (micro + 1) * B])
