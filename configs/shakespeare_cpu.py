@@ -18,7 +18,7 @@ dropout = 0.0  # too small a model to overfit in this many steps
 
 dtype = "float32"  # a model this small runs faster in float32 than in bfloat16 on a CPU
 
-learning_rate = 1e-3
+learning_rate = 3e-3  # measured: best val 1.665 in 4,000 steps, against 1.723 at 1e-3 (same time)
 max_iters = 4000
 lr_decay_iters = max_iters
 min_lr = learning_rate / 10
