@@ -7,7 +7,9 @@ Each model is built with random weights (speed does not depend on training); one
 greedy, so both paths produce the same tokens, which the script checks. Two lengths per model:
 the most that fits its context (where the cache saves the most), and --new_tokens. Past the
 context every step re-reads the whole window, with or without the cache (see model.py), so
-long generations gain less.
+long generations gain less. Beside each figure, the two limits the machine sets: a cached step
+reads every weight once (the weights' bytes over the measured memory bandwidth), and an exact
+step past the window runs one full-window forward (its FLOPs over the peak of hardware.py).
 """
 
 import argparse
@@ -19,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from model import GPT  # noqa: E402
-from hardware import autocast_context, resolve_device, resolve_dtype  # noqa: E402
+from hardware import autocast_context, peak_flops, resolve_device, resolve_dtype  # noqa: E402
 from settings import load_settings, run_cli  # noqa: E402
 from train import TrainConfig  # noqa: E402
 
@@ -33,6 +35,31 @@ def tokens_per_second(model, prompt, new_tokens, use_cache):
     return new_tokens / (time.perf_counter() - started), out
 
 
+def memory_bandwidth(device, megabytes=256):
+    """Bytes per second this device reads (a large copy reads and writes each byte once)."""
+    a = torch.empty(megabytes * 2**20 // 4, device=device)
+    b = torch.empty_like(a)
+    b.copy_(a)
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        b.copy_(a)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    return 2 * a.numel() * 4 / best
+
+
+def limits(model, device, dtype):
+    """(cached tok/s limit, past-the-window tok/s limit): a cached step must read every weight
+    once; an exact step past the window must run one full-window forward."""
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    matmuls, attention = model.flops_per_token()["sampling"]
+    window_flops = (matmuls + attention) * model.config.block_size
+    peak, _ = peak_flops(device, dtype)
+    return memory_bandwidth(device) / weight_bytes, (peak / window_flops if peak else float("nan"))
+
+
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--new_tokens", type=int, default=1000)
@@ -44,7 +71,7 @@ def main(argv):
     dtype = resolve_dtype(args.dtype, device)
     print(f"device {device}, dtype {dtype}, threads {torch.get_num_threads()}, "
           f"{args.prompt_tokens} prompt token(s), 1 sample")
-    print(f"{'model':38} {'new tokens':>10} {'cached tok/s':>13} {'recompute tok/s':>16} {'speed-up':>9}")
+    print(f"{'model':38} {'new tokens':>10} {'cached tok/s':>13} {'recompute tok/s':>16} {'speed-up':>9}  limits")
     root = Path(__file__).resolve().parent.parent
     for path in CONFIGS:
         settings = load_settings(TrainConfig, [str(root / path)])
@@ -53,13 +80,16 @@ def main(argv):
         torch.manual_seed(0)
         model = GPT(config).to(device).eval()
         prompt = torch.randint(0, config.vocab_size, (1, args.prompt_tokens), device=device)
+        in_window, past_window = limits(model, device, dtype)
         for new_tokens in (config.block_size - args.prompt_tokens, args.new_tokens):
             with autocast_context(device, dtype):
                 tokens_per_second(model, prompt, 8, True)  # warm-up
                 cached, out_cached = tokens_per_second(model, prompt, new_tokens, True)
                 full, out_full = tokens_per_second(model, prompt, new_tokens, False)
             same = "same tokens" if torch.equal(out_cached, out_full) else "TOKENS DIFFER"
-            print(f"{name:38} {new_tokens:10d} {cached:13.1f} {full:16.1f} {cached / full:8.1f}x  ({same})", flush=True)
+            print(f"{name:38} {new_tokens:10d} {cached:13.1f} {full:16.1f} {cached / full:8.1f}x  "
+                  f"({same}; reading the weights: {in_window:,.0f} tok/s, a window forward a token at the "
+                  f"{dtype} peak: {past_window:,.0f} tok/s)", flush=True)
 
 
 if __name__ == "__main__":
