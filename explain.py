@@ -188,7 +188,7 @@ def summary_config(config, files):
         except (TypeError, ValueError) as e:
             raise UserError(f"{path} does not hold a model this code can build ({e})") from None
     settings = load_settings(TrainConfig, files)
-    vocab_size = config.vocab_size or settings.vocab_size
+    vocab_size = config.vocab_size if config.vocab_size is not None else settings.vocab_size
     data_dir = Path(settings.data_dir) / settings.dataset
     if vocab_size is None and is_prepared(data_dir):  # as train.py would size it (BPE padded up)
         vocab_size = model_vocab_size(dataset_meta(data_dir))

@@ -128,6 +128,8 @@ def export_gpt2(model, codec, folder):
     from safetensors.torch import save_file
 
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--to {folder} is a file; name a folder to write the model into")
     if any((folder / name).exists() for name in ("config.json", "model.safetensors")):
         raise UserError(f"{folder} already holds a model; choose another folder, or delete that one first")
     config, vocab_size = model.config, codec.vocab_size

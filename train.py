@@ -222,7 +222,7 @@ def ensure_data(config):
                         f"(see its --help for the disk and time it takes)")
     if not callable(getattr(module, "prepare", None)):  # prepare/tokens.py and the like make no data set
         raise UserError(f"no prepared data in {data_dir} (train.bin, val.bin, meta.json) and no "
-                        f"prepare/{config.dataset}.py to make it; for your own text run "
+                        f"data-set script prepare/{config.dataset}.py to make it; for your own text run "
                         f"python prepare/text.py --input YOUR.txt --out_dir {data_dir}")
     print(f"{data_dir} has no prepared data: running prepare/{config.dataset}.py")
     module.prepare(data_dir)
@@ -305,6 +305,10 @@ class Trainer:
 
         data_dir = ensure_data(config)
         self.meta = dataset_meta(data_dir)
+        if pretrained and pretrained.config.vocab_size < GPT2_META["vocab_size"]:
+            raise UserError(f"init_from={config.init_from} has a vocabulary of {pretrained.config.vocab_size} tokens, "
+                            f"not GPT-2's BPE, and its folder does not say which; continue the run it was exported "
+                            f"from instead (--init_from=resume with its out_dir)")
         if pretrained and self.meta != GPT2_META:
             raise UserError(f"init_from={config.init_from} reads GPT-2's BPE tokens, but {data_dir} holds "
                             f"{tokenizer_name(self.meta)} tokens; prepare the data with prepare/shakespeare.py "

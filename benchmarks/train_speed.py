@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from prepare.tokens import GPT2_META, is_prepared, write_dataset  # noqa: E402
-from settings import ArgumentParser, load_settings, run_cli  # noqa: E402
+from settings import ArgumentParser, UserError, load_settings, run_cli  # noqa: E402
 from train import Trainer, TrainConfig  # noqa: E402
 
 CHARS = "".join(chr(32 + i) for i in range(65))  # a stand-in character vocabulary of tiny Shakespeare's size
@@ -40,6 +40,8 @@ def main(argv):
     parser.add_argument("--iters", type=int, default=10, help="steps timed (after --warmup)")
     parser.add_argument("--warmup", type=int, default=3, help="steps run first and not timed (compile, caches)")
     args, overrides = parser.parse_known_args(argv)
+    if args.iters < 1 or args.warmup < 0:
+        raise UserError(f"--iters must be at least 1 and --warmup at least 0, got {args.iters} and {args.warmup}")
     with tempfile.TemporaryDirectory() as tmp:
         config = load_settings(TrainConfig, [args.config, *overrides, f"--out_dir={tmp}/out"])
         if not is_prepared(Path(config.data_dir) / config.dataset):

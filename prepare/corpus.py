@@ -192,7 +192,9 @@ def quiet_libraries():
 
 
 def first_line(error):
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    """An error's first line that says something (a quote mark alone does not)."""
+    lines = [line.strip() for line in str(error).splitlines() if len(line.strip().strip("\"'")) > 3]
+    return (lines or [type(error).__name__])[0][:200]
 
 
 # ----------------------------------------------------------------------------- tokenising

@@ -225,3 +225,11 @@ def test_scripts_never_run_by_themselves():
     gigabytes must not start that way."""
     for module in (corpus, openwebtext, fineweb):
         assert not hasattr(module, "prepare")
+
+
+def test_an_error_is_reported_by_its_first_meaningful_line():
+    from prepare.corpus import first_line
+
+    assert first_line(ValueError('"""\nSchema at index 1 was different:\ntext: string')) == \
+        "Schema at index 1 was different:"
+    assert first_line(ValueError("")) == "ValueError"

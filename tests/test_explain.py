@@ -322,6 +322,7 @@ def test_each_view_prints_a_table_and_writes_a_picture(trained, tmp_path, capsys
     (["summary", "bad.py"], "must be divisible by n_head"),
     (["summary", "bad_key.py"], "unknown setting 'n_layers'"),
     (["summary", str(ROOT / "configs/shakespeare_cpu.py")], "give --vocab_size=N"),
+    (["summary", str(ROOT / "configs/shakespeare_cpu.py"), "--vocab_size=0"], "vocab_size must be at least 1"),
 ])
 def test_a_mistake_is_one_line_and_exit_status_2(trained, tmp_path, monkeypatch, capsys, argv, fragment):
     monkeypatch.chdir(tmp_path)

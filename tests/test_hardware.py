@@ -82,3 +82,16 @@ def test_mfu_is_the_models_flops_over_the_peak(char_data, tmp_path):
     assert trainer.mfu(1000.0) == pytest.approx(per_token * 1000.0 / 1e9)
     trainer.peak = None
     assert trainer.mfu(1000.0) is None
+
+
+@pytest.mark.parametrize("flags", [["--iters=0"], ["--warmup=-1", "--iters=1"]])
+def test_train_speed_benchmark_checks_its_counts(flags):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, str(root / "benchmarks" / "train_speed.py"),
+                             str(root / "configs" / "shakespeare_cpu.py"), *flags],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.startswith("error: --iters must be at least 1"), result.stderr

@@ -280,3 +280,25 @@ def test_eval_config_evaluates_pretrained_weights_and_writes_nothing(bpe_run, ca
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
     loss = float(out.split("val loss ")[1].split()[0].rstrip(";"))
     assert loss == pytest.approx(float(torch.log(torch.tensor(50257.0))), abs=0.2)  # random weights: ~uniform
+
+
+def test_finetune_refuses_a_folder_of_another_vocabulary(bpe_run, capsys):
+    """A folder export.py wrote from a character model has no GPT-2 vocabulary: one line, not an IndexError."""
+    import train
+
+    root, _ = bpe_run
+    hf_model(root / "small-vocab")  # 300 tokens
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        train.main(finetune_args(root, init_from=root / "small-vocab"))
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and len(err.splitlines()) == 1 and "a vocabulary of 300 tokens" in err, err
+
+
+def test_export_to_a_file_is_one_line(tmp_path):
+    target = tmp_path / "afile"
+    target.write_text("keep me")
+    config = GPTConfig(block_size=8, vocab_size=8, n_layer=1, n_head=1, n_embd=8)
+    with pytest.raises(UserError, match="is a file"):
+        export_gpt2(GPT(config), CharCodec("abcdefgh"), target)
+    assert target.read_text() == "keep me"
