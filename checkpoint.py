@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from settings import UserError
+from settings import UserError, reason
 
 
 @contextmanager
@@ -82,8 +82,7 @@ def load_checkpoint(path, device="cpu", mmap=False):
     try:
         state = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except Exception as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0][:100]
-        raise UserError(f"{path} is not a readable checkpoint ({reason}); "
+        raise UserError(f"{path} is not a readable checkpoint ({reason(e, 100).split('. ')[0]}); "
                         f"it may be truncated or corrupt: train again or use another out_dir") from None
     if isinstance(state, dict) and "model_args" in state and "model_config" not in state:
         state = from_nanogpt(state, path)
@@ -114,10 +113,20 @@ def from_nanogpt(state, path):
                             f"{data_dir}/meta.pkl, which holds it, is missing; run from the folder with data/")
         # nanoGPT's optimizer holds the matrices, then the vectors, each in its module order
         params = [k for k in model if k != "lm_head.weight"]
-        param_names = [k for k in params if model[k].dim() >= 2] + [k for k in params if model[k].dim() < 2]
+        names = [k for k in params if model[k].dim() >= 2] + [k for k in params if model[k].dim() < 2]
         return {"model": model, "model_config": model_config, "train_config": config, "meta": meta,
-                "optimizer": state.get("optimizer"), "param_names": param_names,
-                "iter_num": int(state.get("iter_num", 0)), "best_val_loss": float(state.get("best_val_loss", 1e9))}
+                "optimizer": optimizer_state_by_name(state["optimizer"], names),
+                "iter_num": int(state.get("iter_num", 0)), "best_val_loss": float(state.get("best_val_loss", 1e9)),
+                "last_eval_iter": -1, "metrics_lines": 0}  # no batch sampler or random states: nanoGPT saves none
     except (KeyError, TypeError, AttributeError) as e:
         raise UserError(f"{path} looks like nanoGPT's checkpoint but {type(e).__name__}: {str(e)[:80]}; "
                         f"use a checkpoint its train.py wrote") from None
+
+
+def optimizer_state_by_name(saved, names):
+    """An optimizer's state_dict, whose parameters are numbered in the optimizer's order, with
+    names instead (names: the parameters' names in that order). In this form it loads into an
+    optimizer over the same named parameters in any order, sharded or not
+    (torch.distributed.checkpoint's set_optimizer_state_dict)."""
+    return {"state": {names[i]: s for i, s in saved["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in saved["param_groups"]]}

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from checkpoint import atomic_write
-from settings import UserError
+from prepare.tokens import GPT2_META
+from settings import UserError, reason
 
 PRETRAINED = {  # init_from names -> Hub repositories (124M, 350M, 774M, 1558M parameters)
     "gpt2": "openai-community/gpt2",
@@ -50,8 +51,7 @@ def pretrained_folder(name_or_path):
     try:
         return Path(snapshot_download(PRETRAINED[name_or_path], allow_patterns=["config.json", "model.safetensors"]))
     except Exception as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
-        raise UserError(f"cannot download {name_or_path} from the Hugging Face Hub ({reason}); with no internet, "
+        raise UserError(f"cannot download {name_or_path} from the Hugging Face Hub ({reason(e, 120)}); with no internet, "
                         f"copy its folder (config.json, model.safetensors) here and pass --init_from=FOLDER") from None
 
 
@@ -116,8 +116,18 @@ def load_gpt2(name_or_path, dropout=0.0):
         model.load_state_dict({k: v.float() for k, v in state.items()})
     except (RuntimeError, KeyError) as e:
         raise UserError(f"the weights in {folder} do not fit its config.json "
-                        f"({str(e).strip().splitlines()[0][:150]})") from None
+                        f"({reason(e)})") from None
     return model
+
+
+def gpt2_meta(model, init_from):
+    """The data a model of GPT-2's weights reads: GPT-2's BPE. A folder of a smaller vocabulary
+    (what export.py writes from a character model) does not record its characters."""
+    if model.config.vocab_size < GPT2_META["vocab_size"]:
+        raise UserError(f"init_from={init_from} has a vocabulary of {model.config.vocab_size} tokens, not GPT-2's "
+                        f"BPE, and a Hugging Face folder does not record its characters; use the checkpoint it "
+                        f"was exported from (its out_dir)")
+    return GPT2_META
 
 
 def export_gpt2(model, codec, folder):

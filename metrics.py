@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from checkpoint import atomic_write
-from settings import UserError
+from settings import UserError, reason
 
 
 def strict(row):
@@ -42,8 +42,7 @@ def start_wandb(config):
         wandb.init(project=config.wandb_project, name=config.wandb_run_name, config=asdict(config),
                    settings=wandb.Settings(init_timeout=60, silent=True))
     except Exception as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:150]
-        raise UserError(f"cannot start Weights & Biases ({reason}); log in with: wandb login, "
+        raise UserError(f"cannot start Weights & Biases ({reason(e)}); log in with: wandb login, "
                         f"or set WANDB_MODE=offline to log to ./wandb, or set wandb_log=False") from None
     return wandb
 

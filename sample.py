@@ -23,10 +23,10 @@ from torch.nn import functional as F
 from checkpoint import atomic_write, find_checkpoint, load_checkpoint
 from hardware import autocast_context, resolve_device, resolve_dtype
 from model import GPT, GPTConfig
-from hf_gpt2 import PRETRAINED, is_pretrained
-from prepare.tokens import TiktokenCodec, codec_from_meta, meta_problem
+from hf_gpt2 import PRETRAINED, gpt2_meta, is_pretrained
+from prepare.tokens import codec_from_meta, meta_problem
 from progress import progress
-from settings import UserError, load_settings, run_cli
+from settings import UserError, load_settings, reason, run_cli
 
 
 @dataclass
@@ -146,7 +146,7 @@ def load_model(path, device):
         model = GPT(GPTConfig(**state["model_config"]))
         model.load_state_dict(state["model"])
     except (TypeError, ValueError, RuntimeError) as e:
-        raise UserError(f"{path} does not hold a model this code can build ({str(e).splitlines()[0][:120]})") from None
+        raise UserError(f"{path} does not hold a model this code can build ({reason(e, 120)})") from None
     problem = meta_problem(state["meta"])
     codec = None if problem else codec_from_meta(state["meta"])
     if codec and codec.vocab_size > model.config.vocab_size:
@@ -159,10 +159,7 @@ def load_model(path, device):
 def load_pretrained(name_or_path, device):
     """GPT-2's weights (see hf_gpt2.PRETRAINED) and GPT-2's BPE."""
     model = GPT.from_pretrained(name_or_path)
-    if model.config.vocab_size < 50257:
-        raise UserError(f"init_from={name_or_path} has a vocabulary of {model.config.vocab_size} tokens, not GPT-2's "
-                        f"BPE; sample from the checkpoint it was exported from (--out_dir)")
-    return model.to(device).eval(), TiktokenCodec("gpt2")
+    return model.to(device).eval(), codec_from_meta(gpt2_meta(model, name_or_path))
 
 
 def prompt_file(start):

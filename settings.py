@@ -21,6 +21,13 @@ class UserError(Exception):
     """A mistake the user can fix: reported as one line, with exit status 2."""
 
 
+def reason(error, limit=150):
+    """What a library's error says, in one line: its first line that says something (a quote
+    mark alone does not), or its type's name."""
+    lines = [line.strip() for line in str(error).splitlines() if len(line.strip().strip("\"'")) > 3]
+    return (lines or [type(error).__name__])[0][:limit]
+
+
 def run_cli(main, argv=None):
     """Run main(argv) (default: the command line) and return exit status 0; a UserError
     becomes one line on stderr and exit status 2. Ctrl-C, and a reader that closed the pipe

@@ -21,21 +21,20 @@ from typing import Optional
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
-
-from checkpoint import load_checkpoint, save_checkpoint
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict, set_optimizer_state_dict)
+from torch.nn.parallel import DistributedDataParallel as DDP
 
+from checkpoint import load_checkpoint, optimizer_state_by_name, save_checkpoint
 from distributed import Processes, no_sync_unless, shard
 from hardware import autocast_context, enable_tf32, fastest_cpu_dtype, peak_flops, resolve_dtype
 from metrics import Metrics, start_wandb
+from hf_gpt2 import PRETRAINED, gpt2_meta, is_pretrained
 from model import GPT, GPTConfig
 from plot import loss_figure, save_png
-from hf_gpt2 import PRETRAINED, is_pretrained
-from prepare.tokens import GPT2_META, dataset_meta, is_prepared, read_split, split_files, tokenizer_name
+from prepare.tokens import dataset_meta, is_prepared, read_split, split_files, tokenizer_name
 from progress import duration, log, progress
-from settings import UserError, load_settings, run_cli
+from settings import UserError, load_settings, reason, run_cli
 
 
 @dataclass
@@ -152,12 +151,17 @@ def settings_for_model(config, saved, source, crop=False):
                         f"out to take its own" + ("" if crop else ", or start a new out_dir"))
     keep = {"block_size"} & given if crop else set()
     try:
-        resumed = replace(config, **{k: saved[k] for k in SHAPE_SETTINGS if k not in keep})
+        return with_settings(config, **{k: saved[k] for k in SHAPE_SETTINGS if k not in keep})
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{source} is not a checkpoint of this project (model_config: {e}); "
                         f"use one written by train.py") from None
-    resumed.explicit = given
-    return resumed
+
+
+def with_settings(config, **changes):
+    """config with some settings changed; which ones the user gave stays as it was."""
+    changed = replace(config, **changes)
+    changed.explicit = given_settings(config)
+    return changed
 
 
 class BatchSampler:
@@ -285,13 +289,16 @@ class Trainer:
     def __init__(self, config):
         self.out_dir = Path(config.out_dir)
         self.procs = Processes(config.backend, config.device)  # one, or torchrun's many
+        if config.gradient_accumulation_steps % self.procs.world_size:
+            raise UserError(f"gradient_accumulation_steps={config.gradient_accumulation_steps} is the total across "
+                            f"processes, as in nanoGPT, so it must be a multiple of their number "
+                            f"({self.procs.world_size}); e.g. --gradient_accumulation_steps="
+                            f"{-(-config.gradient_accumulation_steps // self.procs.world_size) * self.procs.world_size}")
         self.device = self.procs.device
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.device_type = self.device.split(":")[0]
         if config.init_from == "auto":  # what torchrun --max-restarts needs: carry on if there is a run
-            given = given_settings(config)
-            config = replace(config, init_from="resume" if (self.out_dir / "ckpt.pt").is_file() else "scratch")
-            config.explicit = given
+            config = with_settings(config, init_from="resume" if (self.out_dir / "ckpt.pt").is_file() else "scratch")
         saved = self.read_checkpoint(config) if config.init_from == "resume" else None
         pretrained = None
         if saved:
@@ -305,11 +312,7 @@ class Trainer:
 
         data_dir = ensure_data(config)
         self.meta = dataset_meta(data_dir)
-        if pretrained and pretrained.config.vocab_size < GPT2_META["vocab_size"]:
-            raise UserError(f"init_from={config.init_from} has a vocabulary of {pretrained.config.vocab_size} tokens, "
-                            f"not GPT-2's BPE, and its folder does not say which; continue the run it was exported "
-                            f"from instead (--init_from=resume with its out_dir)")
-        if pretrained and self.meta != GPT2_META:
+        if pretrained and self.meta != gpt2_meta(pretrained, config.init_from):
             raise UserError(f"init_from={config.init_from} reads GPT-2's BPE tokens, but {data_dir} holds "
                             f"{tokenizer_name(self.meta)} tokens; prepare the data with prepare/shakespeare.py "
                             f"or prepare/text.py --tokenizer gpt2")
@@ -325,11 +328,6 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype == "float16")
         self.iter_num, self.best_val_loss, self.last_eval_iter = 0, float("inf"), -1
         self.tokens_per_step = config.gradient_accumulation_steps * config.batch_size * config.block_size
-        if config.gradient_accumulation_steps % self.procs.world_size:
-            raise UserError(f"gradient_accumulation_steps={config.gradient_accumulation_steps} is the total across "
-                            f"processes, as in nanoGPT, so it must be a multiple of their number "
-                            f"({self.procs.world_size}); e.g. --gradient_accumulation_steps="
-                            f"{-(-config.gradient_accumulation_steps // self.procs.world_size) * self.procs.world_size}")
         self.micro_steps = config.gradient_accumulation_steps // self.procs.world_size  # on each process
         self.clock = Clock()
         if saved:
@@ -351,7 +349,7 @@ class Trainer:
         self.peak, self.peak_source = peak_flops(self.device, self.dtype)  # for MFU
         self.flops_per_token = sum(self.model.flops_per_token()["training"])
         wandb = start_wandb(config) if config.wandb_log and not config.eval_only and self.procs.master else None
-        self.metrics = self.open_out_dir(saved.get("metrics_lines", 0) if saved else 0, wandb)
+        self.metrics = self.open_out_dir(saved["metrics_lines"] if saved else 0, wandb)
 
     def choose_cpu_dtype(self):
         """dtype='auto' on a CPU with bfloat16: whichever of float32 and bfloat16 runs this
@@ -377,16 +375,15 @@ class Trainer:
             raise UserError(f"{path} was trained on other data (another vocabulary) than {self.config.dataset}; "
                             f"resume with the data it was trained on, or start a new out_dir")
         self.iter_num, self.best_val_loss = state["iter_num"], state["best_val_loss"]
-        if "param_names" in state:  # nanoGPT's: weights, optimizer and iteration carry on, not its batches
-            self.optimizer.load_state_dict(self.optimizer_state_by_name(state["optimizer"], state["param_names"]))
+        self.last_eval_iter = state["last_eval_iter"]
+        self.load_optimizer_state(state["optimizer"])
+        if "sampler" not in state:  # nanoGPT's: weights, optimizer and iteration carry on, not its batches
             print(f"resuming nanoGPT's {path} at iteration {self.iter_num}; the batches from here are drawn afresh")
             return
-        self.load_optimizer_state(state["optimizer"])
         if self.scaler.is_enabled() and state["scaler"]:  # float16 only; a float32 run saved none
             self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(state["sampler"])
         set_rng_states(state["rng"])
-        self.last_eval_iter = state["last_eval_iter"]
         self.clock = Clock(state.get("elapsed", 0.0))
         print(f"resuming from {path} at iteration {self.iter_num}")
 
@@ -397,27 +394,14 @@ class Trainer:
         if not by_name and not self.sharded:
             return self.optimizer.load_state_dict(saved)
         if not by_name:
-            names = self.optimizer_names()
-            saved = {"state": {names[i]: s for i, s in saved["state"].items()},
-                     "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in saved["param_groups"]]}
-        set_optimizer_state_dict(self.model, self.optimizer, saved, options=StateDictOptions(full_state_dict=True))
-
-    def optimizer_names(self):
-        """The name of each parameter the optimizer holds, in its order."""
-        name_of = {id(p): name for name, p in self.model.named_parameters()}
-        return [name_of[id(p)] for group in self.optimizer.param_groups for p in group["params"]]
-
-    def optimizer_state_by_name(self, saved, names):
-        """An optimizer state saved with its parameters in another order (names: the saved order)
-        for this run's optimizer: each parameter's moments go to the same parameter here."""
-        ours = self.optimizer.state_dict()["param_groups"]
-        order = {name: i for i, name in enumerate(self.optimizer_names())}
-        if sorted(names) != sorted(order) or [len(g["params"]) for g in saved["param_groups"]] != \
-                [len(g["params"]) for g in ours]:
-            raise UserError(f"the optimizer state in {self.out_dir / 'ckpt.pt'} does not fit this model; "
-                            f"start from its weights with a new out_dir instead")
-        return {"state": {order[names[i]]: s for i, s in saved["state"].items()},
-                "param_groups": [{**g, "params": mine["params"]} for g, mine in zip(saved["param_groups"], ours)]}
+            name_of = {id(p): name for name, p in self.model.named_parameters()}
+            saved = optimizer_state_by_name(saved, [name_of[id(p)] for g in self.optimizer.param_groups
+                                                    for p in g["params"]])
+        try:
+            set_optimizer_state_dict(self.model, self.optimizer, saved, options=StateDictOptions(full_state_dict=True))
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise UserError(f"the optimizer state in {self.out_dir / 'ckpt.pt'} does not fit this model "
+                            f"({reason(e)}); start from its weights with a new out_dir instead") from None
 
     def open_out_dir(self, metrics_lines, wandb):
         """Only now, with every setting checked, touch what is on disk (eval_only writes nothing)."""

@@ -25,7 +25,7 @@ import numpy as np
 
 from prepare.tokens import GPT2_META, TiktokenCodec, token_writer, write_meta
 from progress import progress
-from settings import ArgumentParser, UserError
+from settings import ArgumentParser, UserError, reason
 
 EOT = 50256  # GPT-2's <|endoftext|>, after every document
 
@@ -123,7 +123,7 @@ def load_documents(path, name, data_files, text_field, num_proc, cache_dir):
                                                 **options)
         except Exception as e:  # a malformed file, reported by whichever library read it
             cause = e.__cause__ if isinstance(e, datasets.exceptions.DatasetGenerationError) and e.__cause__ else e
-            raise UserError(f"cannot read the --data_files as {kind} ({first_line(cause)}); check that they "
+            raise UserError(f"cannot read the --data_files as {kind} ({reason(cause, 200)}); check that they "
                             f"are {kind} files") from None
     else:
         source = path + (f" ({name})" if name else "")
@@ -133,7 +133,7 @@ def load_documents(path, name, data_files, text_field, num_proc, cache_dir):
                 dataset = datasets.load_dataset(path, name, split="train", cache_dir=cache_dir,
                                                 num_proc=num_proc if num_proc > 1 else None)
         except Exception as e:  # offline, unknown name, full disk: the Hub's errors come in many types
-            raise UserError(f"could not download {source} from the Hugging Face Hub ({first_line(e)}); pass "
+            raise UserError(f"could not download {source} from the Hugging Face Hub ({reason(e, 200)}); pass "
                             f"--data_files with local json/jsonl/parquet/txt files, or connect to the internet "
                             f"(and check --path and --name)") from None
     if text_field not in dataset.column_names:
@@ -189,12 +189,6 @@ def quiet_libraries():
             logger.setLevel(level)
         if bars_were_on:
             datasets.enable_progress_bars()
-
-
-def first_line(error):
-    """An error's first line that says something (a quote mark alone does not)."""
-    lines = [line.strip() for line in str(error).splitlines() if len(line.strip().strip("\"'")) > 3]
-    return (lines or [type(error).__name__])[0][:200]
 
 
 # ----------------------------------------------------------------------------- tokenising

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from checkpoint import atomic_write
-from settings import UserError
+from settings import UserError, reason
 
 # A token file is a 1024-byte header of int64s (magic, version, token count, bytes per token,
 # vocabulary size; then, from int 8, the tokenizer's name in ASCII) followed by the tokens as
@@ -272,8 +272,7 @@ class TiktokenCodec:
         try:
             self.encoding = tiktoken.get_encoding(encoding)
         except Exception as e:
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
-            raise UserError(f"cannot load the {encoding!r} BPE files ({reason}); with no internet, set "
+            raise UserError(f"cannot load the {encoding!r} BPE files ({reason(e, 120)}); with no internet, set "
                             f"TIKTOKEN_CACHE_DIR to a folder holding tiktoken's cached files") from None
         self.vocab_size = self.encoding.n_vocab
         self.eot_token = self.encoding.eot_token

@@ -390,3 +390,16 @@ def test_installing_puts_no_module_of_ours_in_site_packages(tmp_path):
                     "--no-index", "--target", str(target), str(source)], check=True, capture_output=True)
     installed = {p.name for p in target.iterdir()}
     assert installed and all(name.endswith(".dist-info") for name in installed), installed
+
+
+def test_gpt3_schedule_reads_the_size_before_it():
+    """configs/gpt3/schedule.py after a size: the paper's 300B tokens at that size's tokens per step."""
+    gpt3 = ROOT / "configs" / "gpt3"
+    config = load_settings(TrainConfig, [str(gpt3 / "175b.py"), str(gpt3 / "schedule.py")])
+    tokens_per_step = 16 * 100 * 2048
+    assert config.max_iters == 300_000_000_000 // tokens_per_step
+    assert config.warmup_iters == 375_000_000 // tokens_per_step
+    assert config.lr_decay_iters == 260_000_000_000 // tokens_per_step
+    assert config.min_lr == pytest.approx(0.6e-5) and config.n_embd == 12288 and config.vocab_size == 50257
+    small = load_settings(TrainConfig, [str(gpt3 / "125m.py"), str(gpt3 / "schedule.py")])
+    assert small.max_iters == 300_000_000_000 // (8 * 32 * 2048)

@@ -228,8 +228,8 @@ def test_scripts_never_run_by_themselves():
 
 
 def test_an_error_is_reported_by_its_first_meaningful_line():
-    from prepare.corpus import first_line
+    from settings import reason
 
-    assert first_line(ValueError('"""\nSchema at index 1 was different:\ntext: string')) == \
+    assert reason(ValueError('"""\nSchema at index 1 was different:\ntext: string')) == \
         "Schema at index 1 was different:"
-    assert first_line(ValueError("")) == "ValueError"
+    assert reason(ValueError("")) == "ValueError"

@@ -12,7 +12,7 @@ import torch
 import export
 from hf_gpt2 import export_gpt2, load_gpt2
 from model import GPT, GPTConfig
-from prepare.tokens import CharCodec
+from prepare.tokens import CharCodec, TiktokenCodec
 from settings import UserError
 
 transformers = pytest.importorskip("transformers")
@@ -237,9 +237,9 @@ def test_finetune_from_a_local_folder_then_resume_and_sample(bpe_run, capsys):
     texts = sample.sample(sample.load_settings(sample.SampleConfig, [f"--init_from={root / 'gpt2-local'}",
                                                                      "--start=O Romeo", "--max_new_tokens=5",
                                                                      "--temperature=0", "--device=cpu"]))
-    prompt = torch.tensor([sample.TiktokenCodec("gpt2").encode("O Romeo")])
+    prompt = torch.tensor([TiktokenCodec("gpt2").encode("O Romeo")])
     greedy = hf_greedy(theirs, prompt, 5)[0, prompt.size(1):].tolist()
-    assert texts[0] == sample.TiktokenCodec("gpt2").decode(greedy)
+    assert texts[0] == TiktokenCodec("gpt2").decode(greedy)
 
 
 def load_checkpoint_file(path):
