@@ -14,7 +14,7 @@ training config files too, and builds the model on the meta device: any size, no
 
 import re
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -26,8 +26,8 @@ from hardware import resolve_device
 from model import GPT, GPTConfig
 from plot import save_png
 from prepare.tokens import CharCodec, dataset_meta, is_prepared
-from sample import check_sampling, load_model, prompt_file, read_prompt, sampling_probs, unescape
-from settings import UserError, load_settings, run_cli
+from sample import check_sampling, load_model, prompt_file, read_prompt, sampling_probs, token_label, unescape
+from settings import UserError, load_settings, run_cli, settings_from, split_arguments
 from train import TrainConfig, model_vocab_size
 
 
@@ -72,12 +72,10 @@ def temperature_list(text):
 def label(codec, token, picture=False):
     """A token as text to show: quoted in a table ('\\n', ' the'), in a picture with a visible
     space (␣the); a token that is part of a character (BPE) shows as its id: #94."""
-    text = codec.decode([token])
-    if "\ufffd" in text:
-        return f"#{token}"
-    if not picture:
-        return repr(text)
-    return repr(text)[1:-1].replace(" ", "␣").replace("$", r"\$")  # a lone $ is not maths to matplotlib
+    shown = token_label(token, codec.decode([token]))
+    if not picture or shown.startswith("#"):
+        return shown
+    return shown[1:-1].replace(" ", "␣").replace("$", r"\$")  # a lone $ is not maths to matplotlib
 
 
 def token_id(codec, text, setting):
@@ -537,18 +535,6 @@ def lens_figure(probs, guesses, ids, depths, name):
 
 # ----------------------------------------------------------------------------- the command line
 
-def split_files(args):
-    """(training config files, explain.py's settings): every word that is not a setting's value
-    (as in --out x.png, where a flag such as --untied takes only True or False) is a file."""
-    flags = {f.name for f in fields(ExplainConfig) if f.type is bool}
-    files, settings = [], []
-    for i, arg in enumerate(args):
-        key = args[i - 1][2:] if i and args[i - 1].startswith("--") and "=" not in args[i - 1] else None
-        value = key is not None and (key not in flags or arg in ("True", "False"))
-        (settings if arg.startswith("--") or value else files).append(arg)
-    return files, settings
-
-
 VIEWS = {"summary": summary, "next": next_view, "attention": attention_view, "embeddings": embeddings_view,
          "lens": lens_view}
 
@@ -561,10 +547,10 @@ def explain(argv):
         got = f"got {argv[0]!r}" if argv else "got none"
         raise UserError(f"name a view first: python explain.py {{{','.join(VIEWS)}}} [--key=value ...] ({got})")
     view = argv[0]
-    files, settings = split_files(argv[1:])
+    files, overrides = split_arguments(ExplainConfig, argv[1:])  # files: training configs, for summary
     if files and view != "summary":
         raise UserError(f"{view} reads a checkpoint (--out_dir=... or --checkpoint=...), not a file: {files[0]}")
-    config = load_settings(ExplainConfig, settings)
+    config = settings_from(ExplainConfig, [], overrides)
     picture = VIEWS[view](config, files)
     path = config.out or f"explain_{view}.png"
     try:

@@ -235,9 +235,15 @@ def candidates(probs, token, count, codec):
     return rows, drawn
 
 
+def token_label(token, text):
+    """A token as a table shows it: its text quoted ('\\n', ' the'), or, when it is part of a
+    character (BPE), its id: #94."""
+    return f"#{token}" if "\ufffd" in text else repr(text)
+
+
 def format_candidates(step, rows, drawn):
-    def label(entry):  # a token that is part of a character (BPE) shows as its id: #94
-        return f"#{entry['token']}" if "\ufffd" in entry["text"] else repr(entry["text"])
+    def label(entry):
+        return token_label(entry["token"], entry["text"])
     cells = [f"{'*' if r['token'] == drawn['token'] else ' '}{label(r):>8} {r['prob']:.3f}" for r in rows]
     if all(r["token"] != drawn["token"] for r in rows):
         cells.append(f"| drawn {label(drawn)} {drawn['prob']:.3f}")

@@ -61,6 +61,11 @@ def load_settings(cls, argv):
     """Build the dataclass cls from its defaults, then config files (in order), then the
     command line: `file.py`, `--key=value` or `--key value` (a bare `--flag` sets a bool).
     The result's `explicit` attribute names the settings that a file or the command line gave."""
+    return settings_from(cls, *split_arguments(cls, argv))
+
+
+def split_arguments(cls, argv):
+    """(config files, [(key, raw value, where it came from)]) of a command line for cls."""
     types_ = typing.get_type_hints(cls)
     files, overrides = [], []
     i = 0
@@ -80,6 +85,12 @@ def load_settings(cls, argv):
         else:
             overrides.append((key, "True", f"from {arg}"))
         i += 1
+    return files, overrides
+
+
+def settings_from(cls, files, overrides):
+    """cls from its defaults, then the files, then the overrides (as split_arguments gives them)."""
+    types_ = typing.get_type_hints(cls)
     values = {}
     for path in files:
         # A file sees the settings so far (nanoGPT's files use defaults they do not set:

@@ -302,3 +302,19 @@ def test_export_to_a_file_is_one_line(tmp_path):
     with pytest.raises(UserError, match="is a file"):
         export_gpt2(GPT(config), CharCodec("abcdefgh"), target)
     assert target.read_text() == "keep me"
+
+
+def test_from_pretrained_reads_sharded_and_older_folders(tmp_path):
+    """A large model's folder holds model-0000x-of-0000y.safetensors and an index; an older
+    transformers wrote pytorch_model.bin (read with weights_only: no code runs)."""
+    import shutil
+
+    theirs = hf_model(tmp_path / "first")
+    theirs.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    (tmp_path / "older").mkdir()
+    shutil.copy(tmp_path / "first" / "config.json", tmp_path / "older")
+    torch.save(theirs.state_dict(), tmp_path / "older" / "pytorch_model.bin")
+    idx = tokens(300)
+    for folder in ("sharded", "older"):
+        torch.testing.assert_close(ours_logits(GPT.from_pretrained(str(tmp_path / folder)), idx), hf_logits(theirs, idx))
