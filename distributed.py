@@ -78,6 +78,10 @@ class Processes:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
+    def barrier(self):
+        if self.world_size > 1:
+            dist.barrier()
+
     def close(self):
         if dist.is_initialized():
             dist.destroy_process_group()

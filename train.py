@@ -7,6 +7,7 @@
 Settings: the defaults below, then each config file in order, then --key=value.
 """
 
+import gc
 import importlib
 import importlib.util
 import math
@@ -574,9 +575,13 @@ class Trainer:
         try:
             with StopRequest() as stop:
                 self.loop(stop)
+            self.procs.barrier()  # under torchrun: every process is done before any closes its connections
         finally:
             self.metrics.close()
             self.step_model = None  # DistributedDataParallel goes before its process group does
+            if self.procs.world_size > 1:  # and so do the sharded weights and optimizer state
+                self.model = self.optimizer = None
+                gc.collect()
             self.procs.close()
         return self
 
