@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from model import GPT, MLP, GPTConfig, sinusoidal_positions
+from model import GPT, MLP, Dropout, GPTConfig, sinusoidal_positions
 
 
 
@@ -278,6 +278,40 @@ def test_dropout_active_only_in_training():
         model.train()
         c, _ = model(idx)
     assert not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_dropout_drops_a_fraction_p_and_keeps_the_mean(p):
+    torch.manual_seed(0)
+    x = torch.full((400, 500), 3.0, requires_grad=True)
+    y = Dropout(p).train()(x)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - p) < 0.005  # 200,000 draws: the std is ~0.001
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 3.0 / (1 - p)), rtol=1e-4, atol=0)
+    y.sum().backward()  # the gradient flows through the kept activations only, scaled alike
+    torch.testing.assert_close(x.grad, kept.float() / (1 - p), rtol=1e-4, atol=0)
+    assert not torch.equal(kept, Dropout(p).train()(x) != 0)  # a fresh draw each call
+    torch.testing.assert_close(Dropout(p).eval()(x), x, rtol=0, atol=0)
+
+
+def test_dropout_draws_are_independent_of_position():
+    torch.manual_seed(0)
+    kept = (Dropout(0.5).train()(torch.ones(2000, 1000)) != 0).float()
+    for rows in (kept[:, 0::4], kept[:, 1::4], kept[:, 2::4], kept[:, 3::4]):  # the 4 slots of a 64-bit word
+        assert abs(rows.mean().item() - 0.5) < 0.005
+    together = (kept[:, :-1] * kept[:, 1:]).mean().item()  # neighbours kept together: 0.25 if independent
+    assert abs(together - 0.25) < 0.005
+
+
+def test_attention_written_out_for_dropout_on_cpu_equals_sdpa():
+    # In training with dropout on a CPU, attention is computed by hand; with a dropout too small
+    # to drop anything it must give what the fused attention gives (the causal mask included).
+    with_dropout, without = small_config(dropout=1e-9), small_config(dropout=0.0)
+    idx = torch.randint(0, with_dropout.vocab_size, (3, 16))
+    a, loss_a = make_model(with_dropout).train()(idx, idx)
+    b, loss_b = make_model(without).train()(idx, idx)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss_a, loss_b)
 
 
 # ----------------------------------------------------------------------------- learning
