@@ -456,16 +456,17 @@ class Trainer:
         procs = self.procs
         with progress(total=2 * self.config.eval_iters, desc="evaluating", unit="batch") as bar:
             for split in ("train", "val"):
-                total = 0.0
+                total = torch.zeros((), device=self.device)  # summed where it is computed: no wait per batch
                 batches = self.sampler.eval_batches(split, self.config.eval_iters)
                 share = batches[procs.rank :: procs.world_size]  # each process its share
                 rounds = -(-len(batches) // procs.world_size) if self.sharded else len(share)
                 for i in range(rounds):  # FSDP: every process runs as many forwards (each gathers weights)
                     with self.autocast:
                         _, loss = self.model(*self.to_device(*(share[i] if i < len(share) else batches[0])))
-                    total += loss.item() if i < len(share) else 0.0
+                    if i < len(share):
+                        total += loss.float()
                     bar.update(procs.world_size)
-                losses[split] = procs.sum(total) / self.config.eval_iters
+                losses[split] = procs.sum(total.item()) / self.config.eval_iters
         self.model.train()
         self.last_eval_iter = self.iter_num
         return losses

@@ -95,3 +95,16 @@ def test_train_speed_benchmark_checks_its_counts(flags):
                              str(root / "configs" / "shakespeare_cpu.py"), *flags],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.startswith("error: --iters must be at least 1"), result.stderr
+
+
+def test_side_by_side_benchmark_names_a_missing_nanogpt_checkout(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, str(root / "benchmarks" / "nanogpt_side_by_side.py"),
+                             f"--nanogpt={tmp_path}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"error: {tmp_path / 'model.py'} not found: --nanogpt must be a checkout"), \
+        result.stderr
