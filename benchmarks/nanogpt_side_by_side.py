@@ -37,8 +37,8 @@ from settings import UserError, load_settings, run_cli  # noqa: E402
 from train import Trainer, TrainConfig  # noqa: E402
 
 MODELS = {  # nanoGPT's README: its CPU recipe, and its Shakespeare model for one GPU
-    "0.8M (4x128, context 64, batch 12)": ["configs/shakespeare_cpu.py", "--learning_rate=1e-3", "--min_lr=1e-4"],
-    "10.65M (6x384, context 256, batch 64, dropout 0.2)": ["configs/shakespeare.py"],
+    "0.8M (4x128, context 64, batch 12)": "configs/shakespeare_cpu.py",
+    "10.65M (6x384, context 256, batch 64, dropout 0.2)": "configs/shakespeare.py",
 }
 VOCAB_SIZE = 65
 
@@ -97,11 +97,11 @@ def seconds_per_step(step, count):
 
 
 def compare_training(nanogpt, rounds, tmp):
-    for name, config_args in MODELS.items():
+    for name, config_file in MODELS.items():
         data = Path(tmp) / "data"
         if not (data / "shakespeare_char").exists():
             random_data(data / "shakespeare_char", char=True)
-        config = load_settings(TrainConfig, [str(ROOT / config_args[0]), *config_args[1:], f"--out_dir={tmp}/out",
+        config = load_settings(TrainConfig, [str(ROOT / config_file), f"--out_dir={tmp}/out",
                                              f"--data_dir={data}", "--device=cpu"])
         raw = Path(tmp) / "nanogpt_train.bin"
         np.random.default_rng(0).integers(0, VOCAB_SIZE, 1_000_000, dtype=np.uint16).tofile(raw)
