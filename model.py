@@ -121,26 +121,31 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         return [t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v)]
 
-    def forward(self, x, cache=None):
+    def forward(self, x, cache=None, last_only=False):
+        """x (B, T, C) -> (B, T, C), or (B, 1, C) with last_only: the last position's output
+        alone (sampling needs no other), though every position still gives its key and value."""
         B, T, C = x.size()
         q, k, v = self.heads(x)  # (B, nh, T, hs) each
         past = 0
         if cache is not None:
             past = cache.length
             k, v = cache.append(self.layer, k, v)  # (B, nh, past + T, hs)
+        if last_only:
+            q = q[:, :, -1:]  # the last position sees every key: no mask
+        Tq = q.size(2)
         mask = None
-        if past and T > 1:  # new token i may see the cached tokens and new tokens up to i
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-        if self.training and self.dropout > 0 and x.device.type == "cpu":
+        if past and Tq > 1:  # new token i may see the cached tokens and new tokens up to i
+            mask = torch.ones(Tq, past + Tq, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        if self.training and self.dropout > 0 and x.device.type == "cpu" and not last_only:
             # torch's fused attention cannot drop weights on a CPU, and its fallback draws a
             # float per weight: written out with the dropout above, it is about 1.8x faster.
             y = self.attn_dropout(self.probabilities(q, k)) @ v
         else:
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=past == 0,  # one new token (T == 1) sees everything
+                q, k, v, attn_mask=mask, is_causal=past == 0 and Tq > 1,
                 dropout_p=self.dropout if self.training else 0.0,
             )
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
+        y = y.transpose(1, 2).contiguous().view(B, Tq, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
 
     def weights(self, x):
@@ -183,8 +188,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None):
-        x = x + self.attn(self.ln_1(x), cache)
+    def forward(self, x, cache=None, last_only=False):
+        x = (x[:, -1:] if last_only else x) + self.attn(self.ln_1(x), cache, last_only)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -269,12 +274,12 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {past + T} tokens is longer than block_size {self.config.block_size}")
         x = self.transformer.wte(idx) + self.positions(past, T, idx.device)  # (B, T, C)
         x = self.transformer.drop(x)
-        for block in self.transformer.h:
-            x = block(x, cache)
+        for layer, block in enumerate(self.transformer.h):
+            # only_last: the final block computes the last position alone (~1/n_layer of the work saved)
+            x = block(x, cache, last_only=only_last and layer == self.config.n_layer - 1)
         if cache is not None:
             cache.length += T
-        x = self.transformer.ln_f(x)
-        logits = self.lm_head(x[:, [-1], :] if only_last else x)
+        logits = self.lm_head(self.transformer.ln_f(x))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)

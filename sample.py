@@ -21,7 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from checkpoint import atomic_write, find_checkpoint, load_checkpoint
-from hardware import autocast_context, resolve_device, resolve_dtype
+from hardware import resolve_device, resolve_dtype, sampling_precision
 from model import GPT, GPTConfig
 from hf_gpt2 import PRETRAINED, gpt2_meta, is_pretrained
 from prepare.tokens import codec_from_meta, meta_problem
@@ -286,7 +286,9 @@ def sample(config, out=None):
     with ExitStack() as stack:
         keep = [path] + ([Path(prompt_file(config.start))] if prompt_file(config.start) else [])
         probs_file = open_probs_file(config.probs_file, stack, keep) if config.probs_file else None
-        stack.enter_context(autocast_context(device, dtype))
+        # dtype auto: on a CPU, bfloat16 only where a few greedy tokens measure it faster
+        trial = (lambda: model.generate(idx[:1, -1:], 16)) if config.dtype == "auto" else None
+        stack.enter_context(sampling_precision(model, device, dtype, trial))
         if stream:
             out.write(codec.decode(prompt))
         if config.show_probs:

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from model import GPT  # noqa: E402
-from hardware import autocast_context, peak_flops, resolve_device, resolve_dtype  # noqa: E402
+from hardware import PackedLinear, peak_flops, resolve_device, resolve_dtype, sampling_precision  # noqa: E402
 from settings import load_settings, run_cli  # noqa: E402
 from train import TrainConfig  # noqa: E402
 
@@ -51,13 +51,17 @@ def memory_bandwidth(device, megabytes=256):
 
 
 def limits(model, device, dtype):
-    """(cached tok/s limit, past-the-window tok/s limit): a cached step must read every weight
-    once; an exact step past the window must run one full-window forward."""
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    matmuls, attention = model.flops_per_token()["sampling"]
-    window_flops = (matmuls + attention) * model.config.block_size
-    peak, _ = peak_flops(device, dtype)
-    return memory_bandwidth(device) / weight_bytes, (peak / window_flops if peak else float("nan"))
+    """{read dtype: (cached tok/s limit, past-the-window tok/s limit)}: a cached step must read
+    every weight once (in the dtype its matmuls read), an exact step past the window must run
+    one full-window forward."""
+    bandwidth = memory_bandwidth(device)
+    weights = model.num_params(non_embedding=False)
+    window_flops = sum(model.flops_per_token()["sampling"]) * model.config.block_size
+    result = {}
+    for read in {dtype, "float32"}:
+        peak, _ = peak_flops(device, read)
+        result[read] = bandwidth / (weights * getattr(torch, read).itemsize), peak / window_flops if peak else float("nan")
+    return result
 
 
 def main(argv):
@@ -65,7 +69,7 @@ def main(argv):
     parser.add_argument("--new_tokens", type=int, default=1000)
     parser.add_argument("--prompt_tokens", type=int, default=1)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dtype", default="auto", help="as sample.py's: auto measures which is faster on a CPU")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
@@ -80,16 +84,23 @@ def main(argv):
         torch.manual_seed(0)
         model = GPT(config).to(device).eval()
         prompt = torch.randint(0, config.vocab_size, (1, args.prompt_tokens), device=device)
-        in_window, past_window = limits(model, device, dtype)
+        limit = limits(model, device, dtype)  # before sampling_precision, which may replace the Linear layers
+        trial = (lambda: model.generate(prompt, 16)) if args.dtype == "auto" else None
+        precision = sampling_precision(model, device, dtype, trial)  # what sample.py does
+        read_dtype = dtype  # the matmuls read their weights in this dtype (autocast's copies on a GPU)
+        if device == "cpu" and dtype == "bfloat16" and not any(isinstance(m, PackedLinear) for m in model.modules()):
+            read_dtype = "float32"
+            print(f"{name}: float32, measured faster than bfloat16 for this model")
+        in_window, past_window = limit[read_dtype]
         for new_tokens in (config.block_size - args.prompt_tokens, args.new_tokens):
-            with autocast_context(device, dtype):
+            with precision:
                 tokens_per_second(model, prompt, 8, True)  # warm-up
                 cached, out_cached = tokens_per_second(model, prompt, new_tokens, True)
                 full, out_full = tokens_per_second(model, prompt, new_tokens, False)
             same = "same tokens" if torch.equal(out_cached, out_full) else "TOKENS DIFFER"
             print(f"{name:38} {new_tokens:10d} {cached:13.1f} {full:16.1f} {cached / full:8.1f}x  "
                   f"({same}; reading the weights: {in_window:,.0f} tok/s, a window forward a token at the "
-                  f"{dtype} peak: {past_window:,.0f} tok/s)", flush=True)
+                  f"{read_dtype} peak: {past_window:,.0f} tok/s)", flush=True)
 
 
 if __name__ == "__main__":

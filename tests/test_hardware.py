@@ -108,3 +108,78 @@ def test_side_by_side_benchmark_names_a_missing_nanogpt_checkout(tmp_path):
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(f"error: {tmp_path / 'model.py'} not found: --nanogpt must be a checkout"), \
         result.stderr
+
+
+# ----------------------------------------------------------------------------- sampling precision
+
+needs_packing = pytest.mark.skipif(not hardware.cpu_packs_bf16(), reason="this torch has no oneDNN bfloat16 matmul")
+
+
+def decisive_model(seed=0, **overrides):
+    """A small model with large random weights: distributions far from uniform, no near-ties."""
+    torch.manual_seed(seed)
+    settings = dict(block_size=16, vocab_size=40, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True)
+    model = GPT(GPTConfig(**{**settings, **overrides}))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(1.0 + 0.1 * torch.randn_like(p) if "ln" in name and name.endswith("weight") else 0.2 * torch.randn_like(p))
+    return model.eval()
+
+
+@needs_packing
+@pytest.mark.parametrize("bias", [True, False])
+def test_packed_linear_is_a_bfloat16_linear(bias):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(48, 24, bias=bias)
+    x = torch.randn(3, 5, 96)[..., ::2]  # (3, 5, 48), not contiguous
+    packed = hardware.PackedLinear(linear)
+    y = packed(x)
+    rounded = torch.nn.functional.linear(x.bfloat16().float(), linear.weight.bfloat16().float(),
+                                         None if linear.bias is None else linear.bias.bfloat16().float())
+    assert y.dtype == torch.float32 and y.shape == (3, 5, 24)
+    torch.testing.assert_close(y, rounded, atol=1e-2, rtol=1e-2)  # bfloat16 output rounding only
+
+
+@needs_packing
+@pytest.mark.parametrize("activation", ["gelu", "gelu_exact", "relu"])  # each fused into its MLP's first matmul
+def test_packed_sampling_gives_the_float32_model_tokens_cached_or_not(activation):
+    model = decisive_model(activation=activation)
+    idx = torch.randint(0, 40, (2, 3))
+    with torch.no_grad():
+        full32, _ = model(idx)
+        tokens32 = model.generate(idx, 30)  # greedy, past the window of 16 too
+    with hardware.sampling_precision(model, "cpu", "bfloat16"):
+        assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+        with torch.no_grad():
+            full, _ = model(idx)
+        cached, recomputed = model.generate(idx, 30), model.generate(idx, 30, use_cache=False)
+    torch.testing.assert_close(full, full32, atol=0.15, rtol=0.05)  # bfloat16 weights
+    assert torch.equal(cached, recomputed)
+    assert torch.equal(cached, tokens32)
+
+
+@needs_packing
+@pytest.mark.parametrize("packed_is_faster", [True, False])
+def test_sampling_precision_keeps_what_its_trial_measures_faster(packed_is_faster):
+    import time
+    model = decisive_model()
+    calls = []
+
+    def trial():  # 20 ms slower in the precision that should lose
+        packed = isinstance(model.lm_head, hardware.PackedLinear)
+        calls.append(packed)
+        time.sleep(0.02 if packed != packed_is_faster else 0)
+
+    hardware.sampling_precision(model, "cpu", "bfloat16", trial)
+    assert set(calls) == {True, False}
+    linears = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, hardware.PackedLinear))]
+    assert len(linears) == 2 * 4 + 1
+    assert all(isinstance(m, hardware.PackedLinear if packed_is_faster else torch.nn.Linear) for m in linears)
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available")
+def test_sampling_precision_leaves_float32_and_gpus_to_autocast():
+    model = decisive_model()
+    assert isinstance(hardware.sampling_precision(model, "cpu", "float32"), hardware.nullcontext)
+    assert isinstance(hardware.sampling_precision(model, "cuda", "bfloat16"), torch.autocast)
+    assert sum(isinstance(m, torch.nn.Linear) for m in model.modules()) == 2 * 4 + 1
