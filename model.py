@@ -133,20 +133,26 @@ class CausalSelfAttention(nn.Module):
         if last_only:
             q = q[:, :, -1:]  # the last position sees every key: no mask
         Tq = q.size(2)
-        mask = None
+        mask, causal = None, past == 0 and Tq > 1  # a single query sees every key
         if past and Tq > 1:  # new token i may see the cached tokens and new tokens up to i
             mask = torch.ones(Tq, past + Tq, dtype=torch.bool, device=x.device).tril(diagonal=past)
         if self.training and self.dropout > 0 and x.device.type == "cpu" and not last_only:
             # torch's fused attention cannot drop weights on a CPU, and its fallback draws a
             # float per weight: written out with the dropout above, it is about 1.8x faster.
             y = self.attn_dropout(self.probabilities(q, k)) @ v
+        elif x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # torch's CPU attention is slower in bfloat16 than in float32 (its backward ~5x)
+            with torch.autocast("cpu", enabled=False):
+                y = self.attend(q.float(), k.float(), v.float(), mask, causal)
         else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=past == 0 and Tq > 1,
-                dropout_p=self.dropout if self.training else 0.0,
-            )
+            y = self.attend(q, k, v, mask, causal)
         y = y.transpose(1, 2).contiguous().view(B, Tq, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
+
+    def attend(self, q, k, v, mask, is_causal):
+        """(B, nh, Tq, hs) queries over (B, nh, Tk, hs) keys and values -> (B, nh, Tq, hs)."""
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                              dropout_p=self.dropout if self.training else 0.0)
 
     def weights(self, x):
         """The weights forward averages the values with (in eval mode: training also drops some),

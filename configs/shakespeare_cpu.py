@@ -1,5 +1,5 @@
 # The character-level Shakespeare model for a CPU: 4 layers, 4 heads, 128 wide, context 64
-# (0.80M parameters). About 4 minutes on 2 cores; configs/shakespeare.py is the GPU model.
+# (0.80M parameters). About 3 minutes on 2 cores; configs/shakespeare.py is the GPU model.
 out_dir = "out-shakespeare-char"  # the same folder as the GPU model: sample.py looks here
 eval_interval = 500
 eval_iters = 40
@@ -15,11 +15,11 @@ n_layer = 4
 n_head = 4
 n_embd = 128
 dropout = 0.0  # too small a model to overfit in this many steps
+activation = "gelu_exact"  # nanoGPT's GELU; on a CPU ~2.5x faster than GPT-2's tanh form
+compile = True  # ~20 s to compile, then ~1.35x faster steps in bfloat16 (dtype auto picks it where the CPU has it)
 
-dtype = "float32"  # a model this small runs faster in float32 than in bfloat16 on a CPU
-
-learning_rate = 3e-3  # measured: best val 1.665 in 4,000 steps, against 1.723 at 1e-3 (same time)
-max_iters = 4000
+learning_rate = 3e-3  # measured (4,000 steps, float32): best val 1.665, against 1.723 at 1e-3
+max_iters = 5000  # ~3 minutes on a 2-core AMD Zen 5 (AVX512-BF16), the compile included
 lr_decay_iters = max_iters
 min_lr = learning_rate / 10
 beta2 = 0.99

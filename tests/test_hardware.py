@@ -37,6 +37,34 @@ def test_auto_measures_on_a_bf16_cpu_and_says_what_it_chose(char_data, tmp_path,
     assert trainer.sampler.rng.bit_generator.state == rng, "the measurement drew from the run's batches"
 
 
+def test_auto_with_compile_on_a_bf16_cpu_takes_bfloat16_unmeasured(char_data, tmp_path, monkeypatch, capsys):
+    # compiled, bfloat16's casts are fused away and it is the faster one even on a small model
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(train, "fastest_cpu_dtype", lambda *args: pytest.fail("measured, though compiled"))
+    config = train.load_settings(train.TrainConfig, [
+        f"--data_dir={char_data}", "--dataset=tiny", f"--out_dir={tmp_path / 'out'}", "--n_layer=1", "--n_head=1",
+        "--n_embd=16", "--block_size=8", "--batch_size=2", "--device=cpu", "--dtype=auto", "--compile=True"])
+    assert train.Trainer(config).dtype == "bfloat16"
+    assert "dtype auto: bfloat16 (compiled" in capsys.readouterr().out
+
+
+def test_a_compiler_that_fails_is_one_line_and_exit_status_2(tiny_train_args, monkeypatch, capsys):
+    import torch._dynamo
+    import torch._inductor.config
+
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", ("/nonexistent/g++",))
+    torch._dynamo.reset()
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            train.main(tiny_train_args + ["--compile=True", "--max_iters=2", "--dtype=float32"])
+    finally:
+        torch._dynamo.reset()
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert err.startswith("error: torch.compile failed here (") and err.rstrip().endswith("run with --compile=False")
+    assert len(err.strip().splitlines()) == 1, err
+
+
 @pytest.mark.parametrize("name, dtype, peak", [
     ("NVIDIA H100 80GB HBM3", "bfloat16", 989e12),
     ("NVIDIA H100 PCIe", "bfloat16", 756e12),

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from model import GPT, MLP, Dropout, GPTConfig, sinusoidal_positions
 
@@ -312,6 +313,25 @@ def test_attention_written_out_for_dropout_on_cpu_equals_sdpa():
     b, loss_b = make_model(without).train()(idx, idx)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(loss_a, loss_b)
+
+
+def test_attention_under_cpu_autocast_runs_in_float32(monkeypatch):
+    # torch's bfloat16 attention on a CPU is several times slower than its float32 attention:
+    # under CPU autocast, queries, keys and values reach attention in float32, autocast off.
+    model = make_model(small_config(dropout=0.0)).train()
+    seen, sdpa = [], F.scaled_dot_product_attention
+
+    def recording(q, k, v, **kwargs):
+        seen.append((q.dtype, torch.is_autocast_enabled("cpu")))
+        return sdpa(q, k, v, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    idx = torch.randint(0, model.config.vocab_size, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss = model(idx, idx)
+    loss.backward()
+    assert seen == [(torch.float32, False)] * model.config.n_layer
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 # ----------------------------------------------------------------------------- learning
