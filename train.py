@@ -663,11 +663,14 @@ class Trainer:
 
 class Clock:
     """The run's wall time (carried across resumes) and the time left, from the measured
-    mean step and evaluation times of this session."""
+    mean step and evaluation times of this session. The session's first step and first
+    evaluation are left out of those means once there are others: they include compiling
+    (compile=True: tens of seconds on a CPU) and warming caches."""
 
     def __init__(self, elapsed_before=0.0):
         self.elapsed_before, self.started = elapsed_before, time.perf_counter()
         self.step_seconds, self.steps, self.eval_seconds, self.evals = 0.0, 0, 0.0, 0
+        self.first_step = self.first_eval = 0.0
 
     def session(self):
         return time.perf_counter() - self.started
@@ -676,9 +679,11 @@ class Clock:
         return self.elapsed_before + self.session()
 
     def stepped(self, seconds):
+        self.first_step = seconds if self.steps == 0 else self.first_step
         self.step_seconds, self.steps = self.step_seconds + seconds, self.steps + 1
 
     def evaluated(self, seconds):
+        self.first_eval = seconds if self.evals == 0 else self.first_eval
         self.eval_seconds, self.evals = self.eval_seconds + seconds, self.evals + 1
 
     def left(self, iter_num, config):
@@ -687,9 +692,14 @@ class Clock:
         max_iters)."""
         evals_left = config.max_iters // config.eval_interval - (iter_num - 1) // config.eval_interval
         evals_left += config.max_iters % config.eval_interval != 0
-        step = self.step_seconds / max(self.steps, 1)
-        evaluation = self.eval_seconds / max(self.evals, 1)
+        step = mean_after_first(self.step_seconds, self.steps, self.first_step)
+        evaluation = mean_after_first(self.eval_seconds, self.evals, self.first_eval)
         return (config.max_iters - iter_num) * step + evals_left * evaluation
+
+
+def mean_after_first(total, count, first):
+    """The mean of count durations summing to total, without the first of them when there are others."""
+    return (total - first) / (count - 1) if count > 1 else total / max(count, 1)
 
 
 class StopRequest:

@@ -86,14 +86,24 @@ def test_log_line_shows_progress_time_left_and_a_summary(trained_run):
 
 def test_time_left_counts_the_steps_and_evaluations_to_come():
     clock = train.Clock()
+    clock.stepped(30.0)  # the first step compiles: not what the others will take
     clock.stepped(2.0)
     clock.stepped(4.0)  # 3 s a step
+    clock.evaluated(25.0)  # so does the first evaluation
     clock.evaluated(10.0)
     config = train.TrainConfig(max_iters=100, eval_interval=30, warmup_iters=0, lr_decay_iters=100)
     # just after the step to 40: 60 steps and the evaluations at 60, 90 and 100 (the end) remain
     assert clock.left(40, config) == pytest.approx(60 * 3 + 3 * 10)
     assert clock.left(90, config) == pytest.approx(10 * 3 + 2 * 10)  # the one at 90 is still to come
     assert clock.left(100, config) == pytest.approx(10)  # only the final evaluation
+
+
+def test_time_left_from_one_step_uses_it():
+    clock = train.Clock()
+    clock.stepped(2.0)
+    clock.evaluated(5.0)
+    config = train.TrainConfig(max_iters=10, eval_interval=10, warmup_iters=0, lr_decay_iters=10)
+    assert clock.left(1, config) == pytest.approx(9 * 2 + 5)
 
 
 def test_loss_png_holds_the_curves_of_the_run(trained_run):
