@@ -265,6 +265,13 @@ def open_probs_file(path, stack, keep):
         raise UserError(f"cannot write probs_file {path}: {e.strerror}") from None
 
 
+def sampling_context(model, idx, device, dtype, measure):
+    """hardware.sampling_precision for sampling from idx (B, T); with measure (dtype auto), a CPU
+    keeps bfloat16 only where 8 greedy tokens after idx's last one come faster in it."""
+    trial = (lambda: model.generate(idx[:1, -1:], 8)) if measure else None
+    return sampling_precision(model, device, dtype, trial)
+
+
 def sample(config, out=None):
     out = out or sys.stdout
     device = resolve_device(config.device)
@@ -286,9 +293,7 @@ def sample(config, out=None):
     with ExitStack() as stack:
         keep = [path] + ([Path(prompt_file(config.start))] if prompt_file(config.start) else [])
         probs_file = open_probs_file(config.probs_file, stack, keep) if config.probs_file else None
-        # dtype auto: on a CPU, bfloat16 only where a few greedy tokens measure it faster
-        trial = (lambda: model.generate(idx[:1, -1:], 16)) if config.dtype == "auto" else None
-        stack.enter_context(sampling_precision(model, device, dtype, trial))
+        stack.enter_context(sampling_context(model, idx, device, dtype, measure=config.dtype == "auto"))
         if stream:
             out.write(codec.decode(prompt))
         if config.show_probs:

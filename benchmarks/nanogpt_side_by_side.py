@@ -30,9 +30,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks.train_speed import random_data  # noqa: E402
-from hardware import measured_cpu_matmul_flops, resolve_device, resolve_dtype, sampling_precision  # noqa: E402
+from hardware import measured_cpu_matmul_flops, resolve_device, resolve_dtype  # noqa: E402
 from model import GPT  # noqa: E402
-from sample import TokenSampler  # noqa: E402
+from sample import TokenSampler, sampling_context  # noqa: E402
 from settings import UserError, load_settings, run_cli  # noqa: E402
 from train import Trainer, TrainConfig  # noqa: E402
 
@@ -134,7 +134,7 @@ def compare_sampling(nanogpt, rounds, dtype):
     def theirs_sample(n):
         theirs.generate(prompt, n, temperature=0.8, top_k=200)
 
-    precision = sampling_precision(ours, "cpu", dtype, trial=lambda: ours.generate(prompt, 16))  # as sample.py
+    precision = sampling_context(ours, prompt, "cpu", dtype, measure=True)  # as sample.py's dtype auto
 
     def ours_sample(n):
         choose = TokenSampler(0.8, 200, generators=[torch.Generator().manual_seed(0)])

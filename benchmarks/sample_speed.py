@@ -21,7 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from model import GPT  # noqa: E402
-from hardware import PackedLinear, peak_flops, resolve_device, resolve_dtype, sampling_precision  # noqa: E402
+from hardware import PackedLinear, peak_flops, resolve_device, resolve_dtype  # noqa: E402
+from sample import sampling_context  # noqa: E402
 from settings import load_settings, run_cli  # noqa: E402
 from train import TrainConfig  # noqa: E402
 
@@ -85,8 +86,7 @@ def main(argv):
         model = GPT(config).to(device).eval()
         prompt = torch.randint(0, config.vocab_size, (1, args.prompt_tokens), device=device)
         limit = limits(model, device, dtype)  # before sampling_precision, which may replace the Linear layers
-        trial = (lambda: model.generate(prompt, 16)) if args.dtype == "auto" else None
-        precision = sampling_precision(model, device, dtype, trial)  # what sample.py does
+        precision = sampling_context(model, prompt, device, dtype, measure=args.dtype == "auto")  # as sample.py
         read_dtype = dtype  # the matmuls read their weights in this dtype (autocast's copies on a GPU)
         if device == "cpu" and dtype == "bfloat16" and not any(isinstance(m, PackedLinear) for m in model.modules()):
             read_dtype = "float32"
