@@ -37,7 +37,24 @@ def test_auto_measures_on_a_bf16_cpu_and_says_what_it_chose(char_data, tmp_path,
     assert trainer.sampler.rng.bit_generator.state == rng, "the measurement drew from the run's batches"
 
 
-def test_auto_with_compile_on_a_bf16_cpu_takes_bfloat16_unmeasured(char_data, tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def determinism_restored():
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+def test_compiling_on_a_cpu_asks_for_deterministic_kernels(tiny_train_args, determinism_restored):
+    # without them, two compiled runs of the CPU recipe differed (val 2.3856 against 2.3852 after 300 steps)
+    torch.use_deterministic_algorithms(False)
+    train.Trainer(train.load_settings(train.TrainConfig, tiny_train_args + ["--compile=False"]))
+    assert not torch.are_deterministic_algorithms_enabled()
+    args = [a.replace("/out", "/out2") if a.startswith("--out_dir") else a for a in tiny_train_args]
+    train.Trainer(train.load_settings(train.TrainConfig, args + ["--compile=True"]))
+    assert torch.are_deterministic_algorithms_enabled()
+
+
+def test_auto_with_compile_on_a_bf16_cpu_takes_bfloat16_unmeasured(char_data, tmp_path, monkeypatch, capsys,
+                                                                   determinism_restored):
     # compiled, bfloat16's casts are fused away and it is the faster one even on a small model
     monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
     monkeypatch.setattr(train, "fastest_cpu_dtype", lambda *args: pytest.fail("measured, though compiled"))
@@ -48,7 +65,8 @@ def test_auto_with_compile_on_a_bf16_cpu_takes_bfloat16_unmeasured(char_data, tm
     assert "dtype auto: bfloat16 (compiled" in capsys.readouterr().out
 
 
-def test_a_compiler_that_fails_is_one_line_and_exit_status_2(tiny_train_args, monkeypatch, capsys):
+def test_a_compiler_that_fails_is_one_line_and_exit_status_2(tiny_train_args, monkeypatch, capsys,
+                                                             determinism_restored):
     import torch._dynamo
     import torch._inductor.config
 
