@@ -587,7 +587,7 @@ class Trainer:
                 self.loop(stop)
             self.procs.barrier()  # under torchrun: every process is done before any closes its connections
         except torch._dynamo.exc.BackendCompilerFailed as error:  # e.g. no C++ compiler for a CPU
-            raise UserError(f"torch.compile failed here ({str(error).strip().splitlines()[0]}); "
+            raise UserError(f"torch.compile failed here ({reason(error, 200)}); "
                             f"run with --compile=False") from None
         finally:
             self.metrics.close()
