@@ -309,14 +309,24 @@ class GPT(nn.Module):
         else:
             self.pos_table = self.pos_table[:block_size]
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW; weight decay on the 2-D weights (matmuls, embeddings), none on biases and norms."""
-        params = [p for p in self.parameters() if p.requires_grad]
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer="adamw"):
+        """AdamW; weight decay on the 2-D weights (matmuls, embeddings), none on biases and norms.
+        optimizer='muon': Muon for the matmul weights inside the blocks, AdamW for the rest."""
+        params = {name: p for name, p in self.named_parameters() if p.requires_grad}
+        in_blocks = {name for name, p in params.items() if p.dim() == 2 and name.startswith("transformer.h.")}
+        muon = optimizer == "muon"
         groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+            {"params": [p for n, p in params.items() if p.dim() >= 2 and not (muon and n in in_blocks)],
+             "weight_decay": weight_decay},
+            {"params": [p for p in params.values() if p.dim() < 2], "weight_decay": 0.0},
         ]
         fused = "fused" in inspect.signature(torch.optim.AdamW).parameters and device_type in ("cuda", "cpu")
+        if muon:  # muon.py holds it
+            from muon import MuonAdamW
+
+            groups.append({"params": [params[n] for n in params if n in in_blocks], "weight_decay": weight_decay,
+                           "muon": True})
+            return MuonAdamW(groups, lr=learning_rate, betas=betas, fused=fused)
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
 
     @torch.no_grad()

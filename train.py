@@ -71,8 +71,9 @@ class TrainConfig:
     pos_encoding: str = "learned"  # 'learned' or 'sinusoidal'
     activation: str = "gelu"  # 'gelu' (GPT-2's tanh form), 'gelu_exact' or 'relu'
     vocab_size: Optional[int] = None  # None: the data's vocabulary (BPE padded up to a multiple of 64)
-    # AdamW
-    learning_rate: float = 6e-4  # peak learning rate
+    # optimizer
+    optimizer: str = "adamw"  # 'adamw', or 'muon': Muon for the matrices inside the blocks, AdamW for the rest
+    learning_rate: float = 6e-4  # peak learning rate (Muon's steps are scaled to AdamW's size: one rate serves)
     max_iters: int = 600000  # optimizer steps in the whole run
     weight_decay: float = 1e-1
     beta1: float = 0.9
@@ -98,6 +99,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_iters < 0:
             raise ValueError(f"max_iters must be >= 0, got {self.max_iters}")
+        if self.optimizer not in ("adamw", "muon"):
+            raise ValueError(f"optimizer must be 'adamw' or 'muon', got {self.optimizer!r}")
         if self.nonfinite_loss not in ("stop", "skip"):
             raise ValueError(f"nonfinite_loss must be 'stop' or 'skip', got {self.nonfinite_loss!r}")
         if self.init_from not in ("scratch", "resume", "auto") and not is_pretrained(self.init_from):
@@ -322,12 +325,16 @@ class Trainer:
         if saved:
             self.model.load_state_dict(saved["model"])
         self.sharded = config.fsdp and self.procs.world_size > 1
+        if self.sharded and config.optimizer == "muon":
+            raise UserError("optimizer='muon' needs each matrix whole, and fsdp=True shards them across processes; "
+                            "set fsdp=False (every process then holds the whole model) or optimizer='adamw'")
         if self.sharded:
             shard(self.model)
         self.optimizer = self.model.configure_optimizers(
-            config.weight_decay, config.learning_rate, (config.beta1, config.beta2), self.device_type)
+            config.weight_decay, config.learning_rate, (config.beta1, config.beta2), self.device_type, config.optimizer)
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype == "float16")
         self.iter_num, self.best_val_loss, self.last_eval_iter = 0, float("inf"), -1
+        self.unchecked = None  # the last step's (iteration, loss, norm), not yet read back from the device
         self.tokens_per_step = config.gradient_accumulation_steps * config.batch_size * config.block_size
         self.micro_steps = config.gradient_accumulation_steps // self.procs.world_size  # on each process
         self.clock = Clock()
@@ -384,6 +391,10 @@ class Trainer:
         if state["meta"] != self.meta:
             raise UserError(f"{path} was trained on other data (another vocabulary) than {self.config.dataset}; "
                             f"resume with the data it was trained on, or start a new out_dir")
+        optimizer = state.get("train_config", {}).get("optimizer", "adamw")  # nanoGPT's: AdamW
+        if optimizer != self.config.optimizer:
+            raise UserError(f"{path} was trained with optimizer={optimizer}, whose state does not carry over to "
+                            f"{self.config.optimizer}; resume with --optimizer={optimizer}, or start a new out_dir")
         self.iter_num, self.best_val_loss = state["iter_num"], state["best_val_loss"]
         self.last_eval_iter = state["last_eval_iter"]
         self.load_optimizer_state(state["optimizer"])
@@ -483,6 +494,7 @@ class Trainer:
     def evaluate(self):
         """Estimate the losses and record them; save ckpt.pt when val improves (or always, by
         setting) and best.pt when it improves. Weights whose loss is not finite are never saved."""
+        self.check_unchecked()  # a step that made the weights nan is named as such
         config, it = self.config, self.iter_num
         started = time.perf_counter()
         losses = self.estimate_loss()
@@ -490,7 +502,8 @@ class Trainer:
                              "val_loss": losses["val"], "elapsed": round(self.clock.elapsed(), 3)})
         report = f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
         if not all(map(math.isfinite, losses.values())) and not config.eval_only:
-            self.nonfinite(f"the evaluated loss is {losses['train']} (train), {losses['val']} (val)", in_step=False)
+            self.nonfinite(f"the evaluated loss is {losses['train']} (train), {losses['val']} (val)", it,
+                           in_step=False)
         improved = losses["val"] < self.best_val_loss
         self.best_val_loss = min(self.best_val_loss, losses["val"])
         if it > 0 and not config.eval_only and (improved or config.always_save_checkpoint):
@@ -510,8 +523,12 @@ class Trainer:
 
     def step(self):
         """One optimizer step over gradient_accumulation_steps micro-batches. Returns the mean
-        loss, the learning rate and the gradient norm; a step whose loss or gradient is not
-        finite leaves the weights as they were, and goes to nonfinite()."""
+        loss and the gradient norm, as tensors still on the device, and the learning rate.
+        Whether they are finite is read back later (check_step), so that a GPU is not left
+        waiting for the host every step: with nonfinite_loss='stop' a bad step stops the run
+        without saving, so its check can wait. With 'skip', or float16's loss scaling (which
+        reads the gradients back anyway), the step is checked before the optimizer takes it: a
+        step whose loss or gradient is not finite leaves the weights as they were."""
         lr = get_lr(self.config, self.iter_num)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -532,39 +549,66 @@ class Trainer:
                 self.scaler.scale(loss / steps).backward()
             total += loss.detach()
         self.scaler.unscale_(self.optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip or float("inf"))
+        if self.config.grad_clip:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        else:  # the norm alone, for the log and the check
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a sharded norm
-        loss, norm = procs.sum(total.item() / steps) / procs.world_size, norm.item()  # the mean over processes
+        taken = (self.iter_num, total / steps, norm)
+        checked_first = self.config.nonfinite_loss == "skip" or self.scaler.is_enabled()
+        problem = self.check(taken) if checked_first else None
+        if problem is None:
+            self.scaler.step(self.optimizer)
+        self.scaler.update()  # float16: also after a skipped step, which unscale_ counted (it lowers the scale)
+        self.optimizer.zero_grad(set_to_none=True)
+        if not checked_first:  # checked once the next step is queued: the device has work meanwhile
+            previous, self.unchecked = self.unchecked, taken
+            if previous is not None:
+                self.check(previous)
+        return lr
+
+    def check(self, taken):
+        """Read a step's (iteration, loss, norm) back to the host, the loss as the mean over
+        processes, into self.last_loss and self.last_norm (for the log). A loss or gradient that
+        is not finite goes to nonfinite(); returns what was wrong, or None."""
+        it, loss, norm = taken
+        procs = self.procs
+        self.last_loss = loss = procs.sum(float(loss)) / procs.world_size
+        self.last_norm = norm = float(norm)
         # float16: an inf gradient means the loss scale is too high; the scaler skips that step
         # and lowers the scale, routine and not the run's problem.
         problem = (f"the loss is {loss}" if not math.isfinite(loss) else
                    f"the gradient norm is {norm}" if not math.isfinite(norm) and not self.scaler.is_enabled()
                    else None)
-        if problem is None:
-            self.scaler.step(self.optimizer)
-        self.scaler.update()  # float16: also after a skipped step, which unscale_ counted (it lowers the scale)
-        self.optimizer.zero_grad(set_to_none=True)
         if problem:
-            self.nonfinite(problem)
-        return loss, lr, norm
+            self.nonfinite(problem, it)
+        return problem
 
-    def nonfinite(self, what, in_step=True):
+    def check_unchecked(self):
+        """Check the step still waiting for it, if there is one: before a log line, an
+        evaluation, a save, and at the end."""
+        if self.unchecked is not None:
+            taken, self.unchecked = self.unchecked, None
+            self.check(taken)
+
+    def nonfinite(self, what, it, in_step=True):
         """The one policy for nan and inf. A training step's (loss or gradient) stops the run
         without saving (a UserError), unless nonfinite_loss='skip': then the step is skipped.
         A non-finite evaluation always stops it: averaged over many batches, it means the
         weights themselves are broken, which skipping steps cannot mend."""
         if in_step and self.config.nonfinite_loss == "skip":
-            log(f"iter {self.iter_num}: {what}; step skipped (nonfinite_loss='skip')")
+            log(f"iter {it}: {what}; step skipped (nonfinite_loss='skip')")
             return
         hint = "" if in_step else " (the model's weights no longer give a finite loss)"
         alternative = ", or set nonfinite_loss='skip' to go on past such steps" if in_step else ""
-        raise UserError(f"{what} at iteration {self.iter_num}{hint}; stopped without saving: "
+        raise UserError(f"{what} at iteration {it}{hint}; stopped without saving: "
                         + self.how_to_go_on("lower learning_rate") + alternative)
 
     def save(self, best=False):
         """ckpt.pt (the latest state) and, if best, best.pt; on failure the old files stay whole.
         Under torchrun rank 0 writes: every rank holds the same weights and optimizer state (with
         FSDP every rank first sends rank 0 its shards, so the file is whole and loads anywhere)."""
+        self.check_unchecked()  # never save weights a step made nan
         state = self.state_dict() if self.procs.master or self.sharded else None
         if not self.procs.master:
             return
@@ -621,7 +665,7 @@ class Trainer:
                     f"To continue, run the same command with --init_from=resume")
                 break
             started = time.perf_counter()
-            loss, lr, norm = self.step()
+            lr = self.step()
             seconds = time.perf_counter() - started
             self.clock.stepped(seconds)
             step_seconds += seconds
@@ -629,6 +673,8 @@ class Trainer:
             self.iter_num += 1
             bar.update()
             if self.iter_num % config.log_interval == 0 or self.iter_num == config.max_iters:
+                self.check_unchecked()
+                loss, norm = self.last_loss, self.last_norm
                 speed = self.tokens_per_step * steps_since_log / step_seconds
                 left = self.clock.left(self.iter_num, config)
                 mfu = self.mfu(speed)
@@ -642,6 +688,7 @@ class Trainer:
                                 "elapsed": round(self.clock.elapsed(), 3)})
                 step_seconds, steps_since_log = 0.0, 0
         bar.close()
+        self.check_unchecked()
         self.summary(self.iter_num - first_iter)
 
     def mfu(self, tokens_per_second):

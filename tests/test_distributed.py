@@ -114,6 +114,7 @@ def worker_of(proc_dir, tmp_path):
     ({"gradient_accumulation_steps": 3}, "must be a multiple of their number (2)"),
     ({"device": "cuda:1"}, "each process takes the GPU of its LOCAL_RANK"),
     ({"backend": "nccl"}, "backend=nccl needs GPUs"),
+    ({"fsdp": True, "optimizer": "muon"}, "optimizer='muon' needs each matrix whole"),
 ])
 def test_mistakes_under_torchrun_are_one_line_not_a_hang(char_data, tmp_path, extra, fragment):
     result = torchrun(settings(char_data, tmp_path / "out", **extra), tmp_path, timeout=60)

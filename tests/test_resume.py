@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import sample
 import train
@@ -184,21 +185,23 @@ def trained_copy(trained, tmp_path):
 
 # ----------------------------------------------------------------------------- exact resume
 
-@pytest.mark.parametrize("stops, eval_interval", [
-    ((10,), 5),    # the stop is an evaluation point
-    ((7,), 5),     # it is not: the first piece adds an evaluation at its max_iters
-    ((6, 13), 4),  # resumed twice, neither stop an evaluation point
+@pytest.mark.parametrize("stops, eval_interval, optimizer", [
+    ((10,), 5, "adamw"),    # the stop is an evaluation point
+    ((7,), 5, "adamw"),     # it is not: the first piece adds an evaluation at its max_iters
+    ((6, 13), 4, "adamw"),  # resumed twice, neither stop an evaluation point
+    ((7,), 5, "muon"),      # Muon's momentum carries over too
 ])
-def test_resume_gives_the_same_run(data_dir, tmp_path, monkeypatch, stops, eval_interval):
+def test_resume_gives_the_same_run(data_dir, tmp_path, monkeypatch, stops, eval_interval, optimizer):
     """Training to N in pieces (max_iters=k, then --init_from=resume to N) equals training to N at once."""
     monkeypatch.chdir(tmp_path)
     n = 20
     straight, pieces = tmp_path / "straight", tmp_path / "pieces"
-    assert train.main(settings(data_dir, straight, max_iters=n, eval_interval=eval_interval)) == 0
+    assert train.main(settings(data_dir, straight, max_iters=n, eval_interval=eval_interval,
+                               optimizer=optimizer)) == 0
     for i, k in enumerate(stops + (n,)):
         init_from = "scratch" if i == 0 else "resume"
         assert train.main(settings(data_dir, pieces, max_iters=k, eval_interval=eval_interval,
-                                   init_from=init_from)) == 0
+                                   init_from=init_from, optimizer=optimizer)) == 0
         assert load_checkpoint(pieces / "ckpt.pt")["iter_num"] == k  # each piece ends with a save
 
     assert_same_training_state(straight / "ckpt.pt", pieces / "ckpt.pt")
@@ -390,6 +393,51 @@ def test_nonfinite_gradient_with_a_finite_loss_follows_the_policy(policy, data_d
         assert state["iter_num"] == 6 and all_finite(state)
 
 
+@pytest.mark.parametrize("batch, eval_interval, named", [
+    (3, 1000, 2),  # between log lines: read back when the next step is queued
+    (5, 5, 4),  # the last step before an evaluation that would save: read back before it
+])
+def test_a_nonfinite_step_between_log_lines_is_named_and_nothing_saved(batch, eval_interval, named, data_dir,
+                                                                       tmp_path, monkeypatch, capsys):
+    """A step's loss is read back from the device after the next step is queued, not when it is
+    taken; a nan one still stops the run naming its own iteration, before anything is saved."""
+    monkeypatch.chdir(tmp_path)
+    break_training_batches(monkeypatch, (batch,), nan_loss)  # iteration batch - 1, one micro-batch per step
+    out = tmp_path / "out"
+    capsys.readouterr()
+    code = exit_code(train.main, settings(data_dir, out, max_iters=8, gradient_accumulation_steps=1,
+                                          log_interval=100, eval_interval=eval_interval))
+    one_error_line(capsys, code, f"the loss is nan at iteration {named};", "no checkpoint was saved yet")
+    assert not (out / "ckpt.pt").exists()
+
+
+@pytest.mark.parametrize("grad_clip", [0.0, 0.05])
+def test_grad_clip_bounds_the_step_and_the_log_shows_the_norm_before_it(grad_clip, data_dir, tmp_path,
+                                                                         monkeypatch):
+    """The optimizer sees a gradient whose norm is at most grad_clip (0: the gradient as it is),
+    and the log's grad_norm is the norm before clipping."""
+    monkeypatch.chdir(tmp_path)
+    seen = []
+
+    def record_norm(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        seen.append(float(torch.nn.utils.get_total_norm(grads)))
+
+    hook = register_optimizer_step_pre_hook(record_norm)
+    try:
+        out = tmp_path / "out"
+        assert train.main(settings(data_dir, out, max_iters=6, grad_clip=grad_clip)) == 0
+    finally:
+        hook.remove()
+    logged = [e["grad_norm"] for e in metrics(out) if "grad_norm" in e]
+    assert len(seen) == len(logged) == 6
+    assert min(logged) > 0.05  # so clipping at 0.05 changes every step
+    if grad_clip:
+        assert seen == pytest.approx([grad_clip] * 6, rel=1e-4)
+    else:
+        assert seen == pytest.approx(logged, rel=1e-5)
+
+
 def test_resume_takes_the_model_shape_from_the_checkpoint(data_dir, tmp_path, monkeypatch):
     """As in nanoGPT, --init_from=resume --out_dir=X needs no model settings: the checkpoint's
     shape is used (its block_size for the batches too), and the run continues exactly."""
@@ -499,6 +547,10 @@ TRAIN_MISTAKES = [
             ["already holds a run", "--init_from=resume"]),
     mistake("model settings that do not fit", lambda d, o, t: settings(d, o, n_head=5),
             ["n_embd", "divisible by n_head"]),
+    mistake("resume with another optimizer", lambda d, o, t: settings(d, o, init_from="resume", optimizer="muon"),
+            ["trained with optimizer=adamw", "--optimizer=adamw"]),
+    mistake("an unknown optimizer", lambda d, o, t: settings(d, o, optimizer="sgd"),
+            ["optimizer must be 'adamw' or 'muon'", "'sgd'"]),
     mistake("resume on other data", lambda d, o, t: settings(d, o, init_from="resume", dataset="other"),
             ["other data"]),
     mistake("unknown setting while resuming",
