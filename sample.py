@@ -21,7 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from checkpoint import atomic_write, find_checkpoint, load_checkpoint
-from hardware import resolve_device, resolve_dtype, sampling_precision
+from hardware import keep_freed_memory, resolve_device, resolve_dtype, sampling_precision
 from model import GPT, GPTConfig
 from hf_gpt2 import PRETRAINED, gpt2_meta, is_pretrained
 from prepare.tokens import codec_from_meta, meta_problem
@@ -267,7 +267,10 @@ def open_probs_file(path, stack, keep):
 
 def sampling_context(model, idx, device, dtype, measure):
     """hardware.sampling_precision for sampling from idx (B, T); with measure (dtype auto), a CPU
-    keeps bfloat16 only where 8 greedy tokens after idx's last one come faster in it."""
+    keeps bfloat16 only where 8 greedy tokens after idx's last one come faster in it. On a CPU,
+    freed memory is also kept for reuse (hardware.keep_freed_memory)."""
+    if device == "cpu":
+        keep_freed_memory()
     trial = (lambda: model.generate(idx[:1, -1:], 8)) if measure else None
     return sampling_precision(model, device, dtype, trial)
 

@@ -28,7 +28,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import load_checkpoint, optimizer_state_by_name, save_checkpoint
 from distributed import Processes, no_sync_unless, shard
-from hardware import autocast_context, enable_tf32, fastest_cpu_dtype, peak_flops, resolve_dtype
+from hardware import (autocast_context, enable_tf32, fastest_cpu_dtype, keep_freed_memory, peak_flops,
+                      resolve_dtype)
 from metrics import Metrics, start_wandb
 from hf_gpt2 import PRETRAINED, gpt2_meta, is_pretrained
 from model import GPT, GPTConfig
@@ -362,6 +363,8 @@ class Trainer:
                 self.dtype = self.choose_cpu_dtype()
         if self.device_type == "cuda":
             enable_tf32()
+        if self.device_type == "cpu":
+            keep_freed_memory()
         self.autocast = autocast_context(self.device, self.dtype)
         self.peak, self.peak_source = peak_flops(self.device, self.dtype)  # for MFU
         self.flops_per_token = sum(self.model.flops_per_token()["training"])

@@ -101,8 +101,8 @@ def compare_training(nanogpt, rounds, tmp):
         data = Path(tmp) / "data"
         if not (data / "shakespeare_char").exists():
             random_data(data / "shakespeare_char", char=True)
-        config = load_settings(TrainConfig, [str(ROOT / config_file), f"--out_dir={tmp}/out",
-                                             f"--data_dir={data}", "--device=cpu"])
+        config = load_settings(TrainConfig, [str(ROOT / config_file), f"--out_dir={tmp}/out",  # nanoGPT's
+                                             f"--data_dir={data}", "--device=cpu", "--optimizer=adamw"])  # AdamW
         raw = Path(tmp) / "nanogpt_train.bin"
         np.random.default_rng(0).integers(0, VOCAB_SIZE, 1_000_000, dtype=np.uint16).tofile(raw)
         ours, theirs = Trainer(config), NanoGPTSteps(nanogpt, config, raw)
@@ -111,7 +111,7 @@ def compare_training(nanogpt, rounds, tmp):
         times = {"nanoGPT": [], "ours": []}
         for _ in range(rounds):
             times["nanoGPT"].append(seconds_per_step(theirs.step, count))
-            times["ours"].append(seconds_per_step(ours.step, count))
+            times["ours"].append(seconds_per_step(lambda: (ours.step(), ours.check_unchecked()), count))
         tokens = ours.tokens_per_step
         theirs_s, ours_s = statistics.median(times["nanoGPT"]), statistics.median(times["ours"])
         print(f"training {name}: nanoGPT {1000 * theirs_s:,.1f} ms/iter ({tokens / theirs_s:,.0f} tok/s, float32); "

@@ -5,7 +5,7 @@
     python benchmarks/train_speed.py configs/gpt2.py --compile=True        # on a GPU
 
 Runs train.py's own optimizer steps (Trainer.step: batches, forward, backward, clipping,
-AdamW) after a few warm-up steps, on the config's prepared data if it is there, else on
+the optimizer: AdamW, or Muon with --optimizer=muon) after a few warm-up steps, on the config's prepared data if it is there, else on
 random tokens of the same vocabulary (speed does not depend on the text). Nothing is saved.
 Any train.py setting can follow the config as --key=value.
 """
@@ -54,7 +54,8 @@ def main(argv):
         times = []
         for i in range(args.warmup + args.iters):
             started = time.perf_counter()
-            trainer.step()  # its loss is read back on the host, so the step has finished
+            trainer.step()
+            trainer.check_unchecked()  # its loss read back on the host: the step has finished
             if i >= args.warmup:
                 times.append(time.perf_counter() - started)
         seconds = statistics.median(times)

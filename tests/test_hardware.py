@@ -1,5 +1,9 @@
 """Which precision a run uses and what its speed is measured against."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +11,8 @@ import torch
 import hardware
 import train
 from model import GPT, GPTConfig
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_fastest_cpu_dtype_measures_and_leaves_the_run_untouched():
@@ -132,24 +138,14 @@ def test_mfu_is_the_models_flops_over_the_peak(char_data, tmp_path):
 
 @pytest.mark.parametrize("flags", [["--iters=0"], ["--warmup=-1", "--iters=1"]])
 def test_train_speed_benchmark_checks_its_counts(flags):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    result = subprocess.run([sys.executable, str(root / "benchmarks" / "train_speed.py"),
-                             str(root / "configs" / "shakespeare_cpu.py"), *flags],
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_speed.py"),
+                             str(ROOT / "configs" / "shakespeare_cpu.py"), *flags],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.startswith("error: --iters must be at least 1"), result.stderr
 
 
 def test_side_by_side_benchmark_names_a_missing_nanogpt_checkout(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    result = subprocess.run([sys.executable, str(root / "benchmarks" / "nanogpt_side_by_side.py"),
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "nanogpt_side_by_side.py"),
                              f"--nanogpt={tmp_path}"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(f"error: {tmp_path / 'model.py'} not found: --nanogpt must be a checkout"), \
@@ -229,3 +225,30 @@ def test_sampling_precision_leaves_float32_and_gpus_to_autocast():
     assert isinstance(hardware.sampling_precision(model, "cpu", "float32"), hardware.nullcontext)
     assert isinstance(hardware.sampling_precision(model, "cuda", "bfloat16"), torch.autocast)
     assert sum(isinstance(m, torch.nn.Linear) for m in model.modules()) == 2 * 4 + 1
+
+
+KEEP_FREED = """
+import sys
+import torch
+import hardware
+kept = sys.argv[1] == "keep" and hardware.keep_freed_memory()
+def resident_mib():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+block = torch.ones(4 << 20)  # 16 MiB, as a big model's step frees and allocates every time
+held = resident_mib()
+del block
+print(kept, held - resident_mib())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_freed_memory_is_kept_for_the_next_step():
+    """After keep_freed_memory, a freed 16 MiB block stays with the process for the next step to
+    reuse; by default glibc hands it back to the system (and the next step faults it in again)."""
+    def released_mib(how):
+        result = subprocess.run([sys.executable, "-c", KEEP_FREED, how], cwd=ROOT, capture_output=True, text=True,
+                                check=True)
+        kept, released = result.stdout.split()
+        return kept == "True", float(released)
+    assert released_mib("default") == (False, pytest.approx(16, abs=1))
+    assert released_mib("keep") == (True, pytest.approx(0, abs=1))
