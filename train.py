@@ -554,8 +554,10 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         if self.config.grad_clip:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        else:  # the norm alone, for the log and the check
+        elif hasattr(torch.nn.utils, "get_total_norm"):  # the norm alone, for the log and the check
             norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+        else:  # torch < 2.6
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf"))
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a sharded norm
         taken = (self.iter_num, total / steps, norm)
         checked_first = self.config.nonfinite_loss == "skip" or self.scaler.is_enabled()
