@@ -165,7 +165,8 @@ class CausalSelfAttention(nn.Module):
     def probabilities(q, k):
         """Causal attention weights from queries and keys (B, nh, T, hs) -> (B, nh, T, T)."""
         T = q.size(2)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(k.size(-1))  # SDPA's default scale
+        # SDPA's default scale, on the queries (T, hs) rather than the scores (T, T): fewer to scale
+        scores = (q / math.sqrt(k.size(-1))) @ k.transpose(-2, -1)
         causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
         return F.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
 
@@ -350,17 +351,19 @@ class GPT(nn.Module):
         self.eval()
         block_size = self.config.block_size
         cache = KVCache(self.config) if use_cache else None
-        sequence, unread = idx, idx  # unread: tokens the cache has not seen yet
+        sequence = torch.empty(idx.size(0), idx.size(1) + max_new_tokens, dtype=idx.dtype, device=idx.device)
+        sequence[:, : idx.size(1)] = idx  # the prompt, then each token as it is chosen
+        length, unread = idx.size(1), idx  # unread: tokens the cache has not seen yet
         try:
             for _ in range(max_new_tokens):
-                if cache is not None and sequence.size(1) <= block_size:
+                if cache is not None and length <= block_size:
                     logits, _ = self(unread, cache=cache, only_last=True)
                 else:
-                    logits, _ = self(sequence[:, -block_size:], only_last=True)
+                    logits, _ = self(sequence[:, max(0, length - block_size) : length], only_last=True)
                 logits = logits[:, -1, :].float()
                 token = logits.argmax(dim=-1) if choose is None else choose(logits)
-                sequence = torch.cat((sequence, token[:, None]), dim=1)
-                unread = token[:, None]
+                sequence[:, length] = token
+                length, unread = length + 1, sequence[:, length : length + 1]
                 yield token, logits
         finally:
             self.train(was_training)

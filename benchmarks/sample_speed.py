@@ -33,6 +33,8 @@ VOCAB_SIZE = 65  # tiny Shakespeare's characters
 def tokens_per_second(model, prompt, new_tokens, use_cache):
     started = time.perf_counter()
     out = model.generate(prompt, new_tokens, use_cache=use_cache)  # greedy
+    if out.is_cuda:  # the host only queued the work
+        torch.cuda.synchronize()
     return new_tokens / (time.perf_counter() - started), out
 
 
