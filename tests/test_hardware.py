@@ -152,6 +152,16 @@ def test_side_by_side_benchmark_names_a_missing_nanogpt_checkout(tmp_path):
         result.stderr
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("device, message", [("cuda", "device=cuda but CUDA is not available here"),
+                                             ("mps", "--device must be cpu, cuda or cuda:N, got 'mps'")])
+def test_side_by_side_benchmark_names_a_device_it_cannot_use(tmp_path, device, message):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "nanogpt_side_by_side.py"),
+                             f"--nanogpt={tmp_path}", f"--device={device}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"error: {message}"), result.stderr
+
+
 # ----------------------------------------------------------------------------- sampling precision
 
 needs_packing = pytest.mark.skipif(not hardware.cpu_packs_bf16(), reason="this torch has no oneDNN bfloat16 matmul")
