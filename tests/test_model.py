@@ -295,6 +295,17 @@ def test_dropout_drops_a_fraction_p_and_keeps_the_mean(p):
     torch.testing.assert_close(Dropout(p).eval()(x), x, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_dropout_keeps_the_dtype_and_scales_kept_values_as_that_dtype_rounds(dtype):
+    x = torch.full((100, 100), 3.0, dtype=dtype, requires_grad=True)
+    y = Dropout(0.1).train()(x)
+    y.float().sum().backward()
+    kept = y != 0
+    assert y.dtype == x.grad.dtype == dtype
+    expected = torch.tensor(3.0 / (1 - round(0.1 * 65536) / 65536)).to(dtype)  # p rounded to 1/65536
+    assert torch.equal(y[kept], expected.expand_as(y[kept]))
+
+
 def test_dropout_draws_are_independent_of_position():
     torch.manual_seed(0)
     kept = (Dropout(0.5).train()(torch.ones(2000, 1000)) != 0).float()
