@@ -515,6 +515,20 @@ def test_generate_has_no_grad(tiny_config):
     assert not token.requires_grad
 
 
+def test_what_generation_gives_back_can_be_trained_on_and_changed(tiny_config):
+    """Sampling runs in inference mode; its tokens and logits come back as ordinary tensors, so a
+    user can train on generated text or edit what came back."""
+    model = random_model(tiny_config, seed=17)
+    token, logits = next(model.generate_stream(torch.zeros(2, 2, dtype=torch.long), 1))
+    generated = model.generate(torch.zeros(2, 2, dtype=torch.long), tiny_config.block_size - 1)
+    model.train()
+    _, loss = model(generated[:, :-1], generated[:, 1:])  # cross-entropy keeps its targets for backward
+    loss.backward()
+    _, loss = model(token[:, None], token[:, None])
+    loss.backward()
+    token[0], logits[0, 0] = 1, 0.0  # in place
+
+
 # ----------------------------------------------------------------------------- sample.Sample
 
 
