@@ -4,6 +4,7 @@ picture and terminal chart, progress bars only in a terminal, and Weights & Bias
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -79,7 +80,11 @@ def test_log_line_shows_progress_time_left_and_a_summary(trained_run):
     assert step_lines[0].startswith("iter 5/20: loss ")
     for part in ("lr ", "ms/iter", "tok/s", "elapsed", "left"):
         assert part in step_lines[0], part
-    assert step_lines[-1].endswith("0:00 left")
+    # at the last step only the final evaluation is left: never more than at the first log line
+    left = [line.rsplit(", ", 1)[1] for line in step_lines]
+    assert all(re.fullmatch(r"\d+:\d\d left", text) for text in left), left
+    seconds = [int(text.split(":")[0]) * 60 + int(text.split(":")[1].split()[0]) for text in left]
+    assert seconds[-1] <= seconds[0], left
     assert any(line.startswith("best val loss ") for line in lines)
     assert any("20 iterations, 1,280 tokens in" in line and "tok/s" in line for line in lines)
 
