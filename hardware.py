@@ -168,7 +168,9 @@ class PackedLinear(nn.Module):
 
     def forward(self, x):
         attr, algorithm = self.fused
-        y = torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self.packed, self.bias, attr, [None], algorithm)
+        # .default: the overload named, not looked up among the op's overloads at every call
+        y = torch.ops.mkldnn._linear_pointwise.default(x.to(torch.bfloat16), self.packed, self.bias, attr, [None],
+                                                       algorithm)
         return y if attr != "none" else y.float()
 
 
