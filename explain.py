@@ -21,14 +21,16 @@ from typing import Optional
 import torch
 from torch.nn import functional as F
 
-from checkpoint import find_checkpoint, load_checkpoint
-from hardware import resolve_device
+from gptkit import attention
+from gptkit.checkpoint import find_checkpoint, load_checkpoint
+from gptkit.data import CharCodec, dataset_meta, is_prepared, model_vocab_size
+from gptkit.hardware import flops_per_token, resolve_device
+from gptkit.plots import save_png
+from gptkit.sampling import (check_sampling, load_model, prompt_file, read_prompt, sampling_probs, token_label,
+                             unescape)
+from gptkit.settings import UserError, load_settings, run_cli, settings_from, split_arguments
+from gptkit.train_settings import TrainConfig
 from model import GPT, GPTConfig
-from plot import save_png
-from prepare.tokens import CharCodec, dataset_meta, is_prepared
-from sample import check_sampling, load_model, prompt_file, read_prompt, sampling_probs, token_label, unescape
-from settings import UserError, load_settings, run_cli, settings_from, split_arguments
-from train import TrainConfig, model_vocab_size
 
 
 @dataclass
@@ -223,7 +225,7 @@ def summary(config, files):
                         for dtype, parts in memory.items()]))
     print("train.py keeps weights, gradients and AdamW state in fp32 (autocast computes in bf16 or fp16): "
           "its need is the fp32 row, plus the activations\n")
-    flops = model.flops_per_token()  # an untied unembedding is a matmul like the tied one: the same N
+    flops = flops_per_token(model)  # an untied unembedding is a matmul like the tied one: the same N
     weights = flops["sampling"][0] // 2
     print(format_table(["FLOPs per token", f"matmuls (N = {human(weights)})",
                         f"attention (T = {c.block_size:,})", "total"],
@@ -351,7 +353,8 @@ def attention_weights(model, idx):
     distribution over positions 0..i that the model's forward pass averages the values with."""
     _, _, inputs = trace(model, idx)
     with torch.no_grad():
-        return torch.cat([block.attn.weights(x) for block, x in zip(model.transformer.h, inputs)])
+        return torch.cat([attention.attention_weights(*block.attn.heads(x)[:2], is_causal=True)
+                          for block, x in zip(model.transformer.h, inputs)])
 
 
 def attention_view(config, files):

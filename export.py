@@ -13,10 +13,10 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
-from checkpoint import find_checkpoint
-from hf_gpt2 import export_gpt2
-from sample import load_model
-from settings import UserError, load_settings, run_cli
+from gptkit.checkpoint import find_checkpoint
+from gptkit.hf import export_gpt2
+from gptkit.sampling import load_model
+from gptkit.settings import UserError, load_settings, run_cli
 
 
 @dataclass

@@ -6,7 +6,6 @@ fast, the three parts of a transformer block (attention, MLP, the block itself),
 model. How a next token is drawn from its scores (temperature, top-k, top-p) is sample.py's.
 """
 
-import inspect
 import math
 from dataclasses import dataclass, replace
 
@@ -22,33 +21,6 @@ ACTIVATIONS = {
     "gelu_exact": nn.GELU,
     "relu": nn.ReLU,
 }
-
-
-class Dropout(nn.Module):
-    """In training, zero each activation with probability p and scale the rest by 1 / (1 - p),
-    so the expected value is unchanged; in eval mode, pass everything through.
-
-    On a CPU, torch's own dropout draws a random float per activation, which costs more than
-    the attention around it. Here 16 random bits per activation are drawn at once (about 10x
-    faster), and p is rounded to a multiple of 1/65536. Elsewhere torch's dropout is used."""
-
-    def __init__(self, p):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x):
-        if not self.training or self.p == 0:
-            return x
-        if x.device.type != "cpu":
-            return F.dropout(x, self.p, training=True)
-        dropped = round(self.p * 65536)  # of the 65536 values of 16 bits, this many drop
-        words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-2**63, None)  # 64 random bits each
-        bits = words.view(torch.int16)[: x.numel()].view(x.shape)  # uniform over -32768..32767
-        # x times a mask of 0 and 1 / (1 - p): one multiply forward and one backward, the mask
-        # kept for it (torch.where with the scaling took two passes each way, ~1.6x the time).
-        # The mask is float32, where 1 / (1 - p) is exact enough; bfloat16 would round it.
-        mask = (bits >= dropped - 32768).float().mul_(65536 / (65536 - dropped))
-        return (x * mask).to(x.dtype)
 
 
 @dataclass
@@ -116,8 +88,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.attn_dropout = Dropout(config.dropout)
-        self.resid_dropout = Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
 
     def heads(self, x):
         """x (B, T, C) -> q, k, v, each (B, nh, T, hs): every head's queries, keys and values."""
@@ -125,8 +96,8 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         return [t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v)]
 
-    def forward(self, x, cache=None, last_only=False):
-        """x (B, T, C) -> (B, T, C), or (B, 1, C) with last_only: the last position's output
+    def forward(self, x, cache=None, only_last=False):
+        """x (B, T, C) -> (B, T, C), or (B, 1, C) with only_last: the last position's output
         alone (sampling needs no other), though every position still gives its key and value."""
         B, T, C = x.size()
         q, k, v = self.heads(x)  # (B, nh, T, hs) each
@@ -134,45 +105,21 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             past = cache.length
             k, v = cache.append(self.layer, k, v)  # (B, nh, past + T, hs)
-        if last_only:
+        if only_last:
             q = q[:, :, -1:]  # the last position sees every key: no mask
         Tq = q.size(2)
         mask, causal = None, past == 0 and Tq > 1  # a single query sees every key
         if past and Tq > 1:  # new token i may see the cached tokens and new tokens up to i
             mask = torch.ones(Tq, past + Tq, dtype=torch.bool, device=x.device).tril(diagonal=past)
-        if self.training and self.dropout > 0 and x.device.type == "cpu" and not last_only:
-            # torch's fused attention cannot drop weights on a CPU, and its fallback draws a
-            # float per weight: written out with the dropout above, it is about 1.8x faster.
-            y = self.attn_dropout(self.probabilities(q, k)) @ v
-        elif x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            # torch's CPU attention is slower in bfloat16 than in float32 (its backward ~5x)
-            with torch.autocast("cpu", enabled=False):
-                y = self.attend(q.float(), k.float(), v.float(), mask, causal)
-        else:
-            y = self.attend(q, k, v, mask, causal)
+        y = self.attend(q, k, v, mask, causal)  # (B, nh, Tq, hs)
         y = y.transpose(1, 2).contiguous().view(B, Tq, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
 
     def attend(self, q, k, v, mask, is_causal):
-        """(B, nh, Tq, hs) queries over (B, nh, Tk, hs) keys and values -> (B, nh, Tq, hs)."""
+        """(B, nh, Tq, hs) queries over (B, nh, Tk, hs) keys and values -> (B, nh, Tq, hs); in
+        training, each attention weight is dropped with probability dropout."""
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
                                               dropout_p=self.dropout if self.training else 0.0)
-
-    def weights(self, x):
-        """The weights forward averages the values with (in eval mode: training also drops some),
-        written out, as forward's fused scaled_dot_product_attention never forms them; for looking
-        inside the model (explain.py). x (B, T, C) -> (B, nh, T, T), row i a distribution over 0..i."""
-        q, k, _ = self.heads(x)
-        return self.probabilities(q, k)
-
-    @staticmethod
-    def probabilities(q, k):
-        """Causal attention weights from queries and keys (B, nh, T, hs) -> (B, nh, T, T)."""
-        T = q.size(2)
-        # SDPA's default scale, on the queries (T, hs) rather than the scores (T, T): fewer to scale
-        scores = (q / math.sqrt(k.size(-1))) @ k.transpose(-2, -1)
-        causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-        return F.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
 
 
 class MLP(nn.Module):
@@ -183,7 +130,7 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.act = ACTIVATIONS[config.activation]()
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
         return self.dropout(self.c_proj(self.act(self.c_fc(x))))
@@ -199,8 +146,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None, last_only=False):
-        x = (x[:, -1:] if last_only else x) + self.attn(self.ln_1(x), cache, last_only)
+    def forward(self, x, cache=None, only_last=False):
+        x = (x[:, -1:] if only_last else x) + self.attn(self.ln_1(x), cache, only_last)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -224,7 +171,7 @@ class GPT(nn.Module):
         self.config = replace(config)  # its own copy: crop_block_size changes it
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
-            drop=Dropout(config.dropout),
+            drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
@@ -260,16 +207,6 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
-    def flops_per_token(self):
-        """{'training': (matmuls, attention), 'sampling': (...)}: FLOPs per token, as nanoGPT's MFU
-        and the PaLM paper count them. A forward pass multiplies and adds once per weight N of a
-        matmul (2N: the embeddings are lookups, but the tied token embedding is also the
-        unembedding, a matmul), and each layer's queries meet every key of the context and its
-        weights every value (4 L T C); training adds the backward pass, twice the forward."""
-        c = self.config
-        weights, attention = self.num_params(), 4 * c.n_layer * c.block_size * c.n_embd
-        return {"training": (6 * weights, 3 * attention), "sampling": (2 * weights, attention)}
-
     def positions(self, start, length, device):
         pos = torch.arange(start, start + length, device=device)
         if self.config.pos_encoding == "learned":
@@ -287,7 +224,7 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
             # only_last: the final block computes the last position alone (~1/n_layer of the work saved)
-            x = block(x, cache, last_only=only_last and layer == self.config.n_layer - 1)
+            x = block(x, cache, only_last=only_last and layer == self.config.n_layer - 1)
         if cache is not None:
             cache.length += T
         logits = self.lm_head(self.transformer.ln_f(x))
@@ -295,14 +232,6 @@ class GPT(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
         return logits, loss
-
-    @classmethod
-    def from_pretrained(cls, name_or_path, dropout=0.0):
-        """OpenAI's GPT-2 ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', from the Hugging Face Hub)
-        or a local folder in Hugging Face's GPT-2 format; hf_gpt2.py reads it."""
-        from hf_gpt2 import load_gpt2
-
-        return load_gpt2(name_or_path, dropout)
 
     def crop_block_size(self, block_size):
         """Use a shorter context than the model was built with (e.g. GPT-2's 1024 -> 256)."""
@@ -313,26 +242,6 @@ class GPT(nn.Module):
             self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
         else:
             self.pos_table = self.pos_table[:block_size]
-
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, optimizer="adamw"):
-        """AdamW; weight decay on the 2-D weights (matmuls, embeddings), none on biases and norms.
-        optimizer='muon': Muon for the matmul weights inside the blocks, AdamW for the rest."""
-        params = {name: p for name, p in self.named_parameters() if p.requires_grad}
-        in_blocks = {name for name, p in params.items() if p.dim() == 2 and name.startswith("transformer.h.")}
-        muon = optimizer == "muon"
-        groups = [
-            {"params": [p for n, p in params.items() if p.dim() >= 2 and not (muon and n in in_blocks)],
-             "weight_decay": weight_decay},
-            {"params": [p for p in params.values() if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        fused = "fused" in inspect.signature(torch.optim.AdamW).parameters and device_type in ("cuda", "cpu")
-        if muon:  # muon.py holds it
-            from muon import MuonAdamW
-
-            groups.append({"params": [params[n] for n in params if n in in_blocks], "weight_decay": weight_decay,
-                           "muon": True})
-            return MuonAdamW(groups, lr=learning_rate, betas=betas, fused=fused)
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({"fused": True} if fused else {}))
 
     @torch.no_grad()
     def generate_stream(self, idx, max_new_tokens, choose=None, use_cache=True):
@@ -360,8 +269,7 @@ class GPT(nn.Module):
         length, unread = idx.size(1), idx  # unread: tokens the cache has not seen yet
         try:
             for _ in range(max_new_tokens):
-                # inference mode: no version counters or view records, which makes a CPU's many
-                # small operations per token ~10% faster than no_grad alone (measured)
+                # inference mode: no version counters or view records, cheaper than no_grad alone
                 with torch.inference_mode():
                     if cache is not None and length <= block_size:
                         logits, _ = self(unread, cache=cache, only_last=True)

@@ -6,112 +6,13 @@ any number of runs on one picture, or in the terminal, to compare experiments.
     python plot.py out-a out-b --terminal           # the same curves as text, for a machine with no display
 """
 
-import math
 import sys
 from pathlib import Path
 
-from checkpoint import atomic_write, load_checkpoint
-from metrics import read_metrics
-from settings import ArgumentParser, UserError, run_cli
-
-
-def split_rows(rows):
-    """(training-step rows, evaluation rows) of a metrics.jsonl."""
-    return [r for r in rows if r.get("loss") is not None], [r for r in rows if r.get("val_loss") is not None]
-
-
-def loss_figure(rows, title=None):
-    """One run: the training loss of each logged step (faint), the evaluated train and val losses,
-    the best val loss marked; the learning rate on a second y axis, tokens seen on a second x axis."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import EngFormatter
-
-    steps, evals = split_rows(rows)
-    figure = Figure(figsize=(8, 4.5), dpi=100, layout="constrained")
-    ax = figure.add_subplot()
-    if steps:
-        ax.plot([r["iter"] for r in steps], [r["loss"] for r in steps], color="tab:blue", alpha=0.35,
-                linewidth=1, label="train loss (step)")
-    if evals:
-        ax.plot([r["iter"] for r in evals], [r["train_loss"] for r in evals], "o-", color="tab:blue",
-                markersize=3, label="train loss (eval)")
-        ax.plot([r["iter"] for r in evals], [r["val_loss"] for r in evals], "o-", color="tab:orange",
-                markersize=3, label="val loss")
-        best = min(evals, key=lambda r: r["val_loss"])
-        ax.plot([best["iter"]], [best["val_loss"]], "*", color="tab:red", markersize=14,
-                label=f"best val {best['val_loss']:.4f} (iter {best['iter']})")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    if steps:
-        lr_axis = ax.twinx()
-        lr_axis.plot([r["iter"] for r in steps], [r["lr"] for r in steps], color="tab:green", linewidth=1,
-                     linestyle="--", label="learning rate")
-        lr_axis.set_ylabel("learning rate", color="tab:green")
-        lr_axis.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
-    per_iter = next((r["tokens"] / r["iter"] for r in rows if r.get("iter") and r.get("tokens")), None)
-    if per_iter:
-        tokens_axis = ax.secondary_xaxis("top", functions=(lambda i: i * per_iter, lambda t: t / per_iter))
-        tokens_axis.set_xlabel("tokens seen")
-        tokens_axis.xaxis.set_major_formatter(EngFormatter())  # 500k, 1M: no offset text to clash with
-    handles = sum((a.get_legend_handles_labels()[0] for a in figure.axes), [])
-    ax.legend(handles=handles, loc="upper right", fontsize=8)
-    if title:
-        ax.set_title(title)
-    return figure
-
-
-def compare_figure(runs):
-    """runs: {label: rows}. Each run's val loss (solid) and training-step loss (faint), one colour a run."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(8, 4.5), dpi=100, layout="constrained")
-    ax = figure.add_subplot()
-    for i, (label, rows) in enumerate(runs.items()):
-        steps, evals = split_rows(rows)
-        color = f"C{i % 10}"
-        ax.plot([r["iter"] for r in steps], [r["loss"] for r in steps], color=color, alpha=0.25, linewidth=1)
-        best = min((r["val_loss"] for r in evals), default=math.nan)
-        ax.plot([r["iter"] for r in evals], [r["val_loss"] for r in evals], "o-", color=color, markersize=3,
-                label=f"{label} (best val {best:.4f})")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss (solid: val, faint: train step)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return figure
-
-
-def save_png(figure, path):
-    """Write the figure as a PNG, atomically: a reader never sees half a picture."""
-    with atomic_write(path) as f:
-        figure.savefig(f, format="png")
-
-
-def terminal_chart(runs, width=72, height=18):
-    """runs: {label: rows} -> the val-loss curves as text: one letter a run, where curves meet '*'."""
-    curves = {label: [(r["iter"], r["val_loss"]) for r in split_rows(rows)[1]] for label, rows in runs.items()}
-    points = [p for curve in curves.values() for p in curve]
-    if not points:
-        return "no evaluations to draw yet"
-    x_max = max(x for x, _ in points) or 1
-    y_min, y_max = min(y for _, y in points), max(y for _, y in points)
-    y_span = (y_max - y_min) or 1.0
-    grid = [[" "] * width for _ in range(height)]
-    for letter, curve in zip("abcdefghijklmnopqrstuvwxyz", curves.values()):
-        for (x0, y0), (x1, y1) in zip(curve, curve[1:] or curve):
-            for k in range(2 * width):  # walk the segment finely, marking each cell it crosses
-                x, y = x0 + (x1 - x0) * k / (2 * width), y0 + (y1 - y0) * k / (2 * width)
-                column = round(x / x_max * (width - 1))
-                row = round((y_max - y) / y_span * (height - 1))
-                cell = grid[row][column]
-                grid[row][column] = letter if cell in (" ", letter) else "*"
-    lines = [f"{y_max - y_span * i / (height - 1):8.4f} |" + "".join(row) for i, row in enumerate(grid)]
-    lines.append(" " * 9 + "+" + "-" * width)
-    lines.append(" " * 10 + "0" + f"iteration {x_max}".rjust(width - 1))
-    for letter, (label, curve) in zip("abcdefghijklmnopqrstuvwxyz", curves.items()):
-        best = min((y for _, y in curve), default=math.nan)
-        lines.append(f"  {letter}: {label} (val loss; best {best:.4f})")
-    return "\n".join(lines)
+from gptkit.checkpoint import load_checkpoint
+from gptkit.plots import compare_figure, save_png, terminal_chart
+from gptkit.runlog import read_metrics
+from gptkit.settings import ArgumentParser, UserError, run_cli
 
 
 def run_label(out_dir, keys):

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from model import GPT  # noqa: E402
-from hardware import PackedLinear, peak_flops, resolve_device, resolve_dtype  # noqa: E402
-from sample import sampling_context  # noqa: E402
-from settings import load_settings, run_cli  # noqa: E402
-from train import TrainConfig  # noqa: E402
+from gptkit.cpu import PackedLinear
+from gptkit.hardware import flops_per_token, peak_flops, resolve_device, resolve_dtype
+from gptkit.sampling import sampling_context
+from gptkit.settings import load_settings, run_cli
+from gptkit.train_settings import TrainConfig
+from model import GPT
 
 CONFIGS = ["configs/shakespeare.py", "configs/shakespeare_cpu.py"]  # the model shapes measured
 VOCAB_SIZE = 65  # tiny Shakespeare's characters
@@ -59,7 +59,7 @@ def limits(model, device, dtype):
     one full-window forward."""
     bandwidth = memory_bandwidth(device)
     weights = model.num_params(non_embedding=False)
-    window_flops = sum(model.flops_per_token()["sampling"]) * model.config.block_size
+    window_flops = sum(flops_per_token(model)["sampling"]) * model.config.block_size
     result = {}
     for read in {dtype, "float32"}:
         peak, _ = peak_flops(device, read)

@@ -1,30 +1,35 @@
-"""Training speed of a config on this machine: ms per iteration, tokens/s, MFU, peak memory.
+"""Training speed of a config on this machine, as train.py runs it: ms per iteration, tokens/s,
+MFU, start-up time and peak memory.
 
     python benchmarks/train_speed.py configs/shakespeare_cpu.py
     python benchmarks/train_speed.py configs/shakespeare.py --dtype=float32 --iters=5
     python benchmarks/train_speed.py configs/gpt2.py --compile=True        # on a GPU
 
-Runs train.py's own optimizer steps (Trainer.step: batches, forward, backward, clipping,
-the optimizer: AdamW, or Muon with --optimizer=muon) after a few warm-up steps, on the config's prepared data if it is there, else on
-random tokens of the same vocabulary (speed does not depend on the text). Nothing is saved.
-Any train.py setting can follow the config as --key=value.
+Runs `python train.py CONFIG` as a separate process for --warmup + --iters steps (one log row a
+step) and reads each step's time from its metrics.jsonl: the median of the last --iters steps.
+Start-up (imports, data, model, the first evaluation, compiling in the warm-up steps) is
+reported apart. The config's data is used if it is prepared (tiny Shakespeare is prepared from
+the text that ships); otherwise random tokens of its vocabulary stand in (speed does not depend
+on the text). Any train.py setting can follow the config as --key=value.
 """
 
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from prepare.tokens import GPT2_META, is_prepared, write_dataset  # noqa: E402
-from settings import ArgumentParser, UserError, load_settings, run_cli  # noqa: E402
-from train import Trainer, TrainConfig  # noqa: E402
+from gptkit.data import GPT2_META, write_dataset
+from gptkit.datasets import RECIPES
+from gptkit.runlog import read_metrics, step_seconds
+from gptkit.settings import ArgumentParser, UserError, load_settings, run_cli
+from gptkit.train_settings import TrainConfig
 
+ROOT = Path(__file__).resolve().parent.parent
 CHARS = "".join(chr(32 + i) for i in range(65))  # a stand-in character vocabulary of tiny Shakespeare's size
 
 
@@ -42,34 +47,37 @@ def main(argv):
     args, overrides = parser.parse_known_args(argv)
     if args.iters < 1 or args.warmup < 0:
         raise UserError(f"--iters must be at least 1 and --warmup at least 0, got {args.iters} and {args.warmup}")
+    config = load_settings(TrainConfig, [args.config, *overrides])  # a mistake is one line here, before any run
+    steps = args.warmup + args.iters
     with tempfile.TemporaryDirectory() as tmp:
-        config = load_settings(TrainConfig, [args.config, *overrides, f"--out_dir={tmp}/out"])
-        if not is_prepared(Path(config.data_dir) / config.dataset):
+        data = []
+        if not (Path(config.data_dir) / config.dataset).is_dir() and config.dataset not in RECIPES:
             random_data(Path(tmp) / "data" / config.dataset, char=config.dataset.endswith("char"))
-            config = load_settings(TrainConfig, [args.config, *overrides, f"--out_dir={tmp}/out",
-                                                 f"--data_dir={tmp}/data"])
+            data = [f"--data_dir={tmp}/data"]
             print(f"no prepared {config.dataset} data: random tokens of its vocabulary")
-        trainer = Trainer(config)
-        cuda = trainer.device_type == "cuda"
-        times = []
-        for i in range(args.warmup + args.iters):
-            started = time.perf_counter()
-            trainer.step()
-            trainer.check_unchecked()  # its loss read back on the host: the step has finished
-            if i >= args.warmup:
-                times.append(time.perf_counter() - started)
-        seconds = statistics.median(times)
-        speed = trainer.tokens_per_step / seconds
-        mfu = trainer.mfu(speed)
-        memory = torch.cuda.max_memory_allocated() / 2**30 if cuda else \
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        print(f"{args.config}: {trainer.model.num_params() / 1e6:.2f}M parameters, "
-              f"{trainer.tokens_per_step:,} tokens per step, device {trainer.device}, dtype {trainer.dtype}, "
-              f"compile {config.compile}, {torch.get_num_threads()} threads")
-        print(f"{1000 * seconds:.1f} ms/iter (median of {args.iters}), {speed:,.0f} tokens/s, "
-              + (f"MFU {100 * mfu:.1f}% " if mfu is not None else "MFU unknown ")
-              + f"against {trainer.peak_source}; peak memory {memory:.2f} GiB "
-              + ("(GPU, allocated)" if cuda else "(process resident)"))
+        command = [sys.executable, str(ROOT / "train.py"), args.config, *overrides, *data, f"--out_dir={tmp}/out",
+                   f"--max_iters={steps}", f"--eval_interval={steps}", "--eval_iters=1", "--log_interval=1",
+                   "--wandb_log=False", "--always_save_checkpoint=False"]
+        started = time.perf_counter()
+        result = subprocess.run(command, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        if result.returncode:
+            raise UserError(f"train.py failed: {result.stderr.strip().splitlines()[-1] if result.stderr else '?'}")
+        rows = read_metrics(Path(tmp) / "out" / "metrics.jsonl")
+    times = step_seconds(rows)
+    timed = [seconds for it, seconds in times if it > args.warmup]
+    seconds = statistics.median(timed)
+    tokens_per_step = config.gradient_accumulation_steps * config.batch_size * config.block_size
+    mfu = [r["mfu"] for r in rows if r.get("mfu") is not None and r["iter"] > args.warmup]
+    header = [line for line in result.stdout.splitlines() if line.startswith(("model:", "device", "mfu against",
+                                                                              "dtype auto", "peak GPU"))]
+    print("\n".join(header))
+    memory = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    print(f"{args.config}: {1000 * seconds:.1f} ms/iter (median of {len(timed)}), "
+          f"{tokens_per_step / seconds:,.0f} tokens/s, "
+          + (f"MFU {100 * statistics.median(mfu):.1f}%" if mfu else "MFU unknown")
+          + f"; start-up and the {args.warmup} warm-up steps {wall - sum(timed):.1f} s; "
+          f"peak memory {memory:.2f} GiB (process resident)")
 
 
 if __name__ == "__main__":

@@ -19,16 +19,13 @@ and 6.5M with two on a 2-core CPU (see the README), so for sample-10BT ~50 minut
 6-8 with eight.
 This script never runs by itself from train.py: run it once, then
     python train.py --dataset=fineweb ...
-Every flag: python prepare/fineweb.py --help; the code is prepare/corpus.py.
+Every flag: python prepare/fineweb.py --help; the code is gptkit/corpus.py.
 """
 
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the project importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from prepare.corpus import corpus_main
-from settings import run_cli
+from gptkit.corpus import corpus_main
+from gptkit.settings import run_cli
 
 
 def main(argv=None):

@@ -15,16 +15,13 @@ Time: the download and its Arrow copy, then tokenising: measured 3.5M tokens/s w
 and 6.5M with two on a 2-core CPU (see the README), so ~45 minutes with one and 6-8 with eight.
 This script never runs by itself from train.py: run it once, then
     python train.py --dataset=openwebtext ...
-Every flag: python prepare/openwebtext.py --help; the code is prepare/corpus.py.
+Every flag: python prepare/openwebtext.py --help; the code is gptkit/corpus.py.
 """
 
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the project importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from prepare.corpus import corpus_main
-from settings import run_cli
+from gptkit.corpus import corpus_main
+from gptkit.settings import run_cli
 
 
 def main(argv=None):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model import GPTConfig
-from prepare import shakespeare_char
+from gptkit.datasets import prepare_shakespeare_char
 
 # The models here are tiny: more threads only add overhead, and contend with each other on a busy machine.
 torch.set_num_threads(1)
@@ -29,7 +29,7 @@ def char_data(tmp_path):
     text_file = tmp_path / "input.txt"
     text_file.write_text(TEXT)
     data_dir = tmp_path / "data"
-    shakespeare_char.prepare(data_dir / "tiny", input_path=str(text_file))
+    prepare_shakespeare_char(data_dir / "tiny", input_path=str(text_file))
     return data_dir
 
 
@@ -51,8 +51,8 @@ def gpt2_codec(monkeypatch):
     """GPT-2's BPE; offline it needs tiktoken's cached files (TIKTOKEN_CACHE_DIR, or ../shared)."""
     if not os.environ.get("TIKTOKEN_CACHE_DIR") and SHARED_TIKTOKEN.is_dir():
         monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(SHARED_TIKTOKEN))
-    from prepare.tokens import TiktokenCodec
-    from settings import UserError
+    from gptkit.data import TiktokenCodec
+    from gptkit.settings import UserError
 
     try:
         return TiktokenCodec("gpt2")

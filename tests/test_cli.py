@@ -15,9 +15,10 @@ import torch
 
 import sample
 import train
-from checkpoint import CHECKPOINT_KEYS, load_checkpoint
+from gptkit.checkpoint import CHECKPOINT_KEYS, load_checkpoint
+from gptkit.datasets import prepare_shakespeare_char
 from prepare import shakespeare_char
-from prepare.tokens import read_meta
+from gptkit.data import read_meta
 
 ROOT = Path(__file__).resolve().parent.parent
 SEPARATOR = "---------------\n"
@@ -111,7 +112,21 @@ def test_train_prepares_missing_data(tmp_path, monkeypatch, capsys):
     assert load_checkpoint(tmp_path / "out" / "ckpt.pt")["iter_num"] == 2
 
 
-@pytest.mark.parametrize("dataset", ["my_text", "text", "tokens"])  # prepare/text.py and tokens.py make no data set
+def test_train_prepares_tiny_shakespeare_offline_from_the_shipped_text(tmp_path, monkeypatch):
+    def urlopen(*args, **kwargs):
+        raise urllib.error.URLError("no internet in tests")
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    monkeypatch.chdir(tmp_path)
+    args = tiny_args(tmp_path / "data", "shakespeare_char", tmp_path / "out", max_iters=1, eval_interval=1,
+                     eval_iters=1, lr_decay_iters=1, warmup_iters=0)
+    assert train.main(args) == 0
+    text = (ROOT / "data" / "tinyshakespeare.txt").read_text()
+    meta = read_meta(tmp_path / "data" / "shakespeare_char")
+    assert meta["chars"] == "".join(sorted(set(text))) and meta["vocab_size"] == 65
+    assert not (tmp_path / "data" / "shakespeare_char" / "input.txt").exists()  # read in place, not copied
+
+
+@pytest.mark.parametrize("dataset", ["my_text", "text", "tokens"])  # names of no data-set recipe
 def test_missing_data_without_prepare_script(tmp_path, monkeypatch, capsys, dataset):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
@@ -131,7 +146,7 @@ def test_data_shorter_than_block_size(tmp_path, monkeypatch, capsys, length):
     text = TEXT[:length]
     source = tmp_path / "short.txt"
     source.write_text(text)
-    shakespeare_char.prepare(tmp_path / "data" / "short", str(source))
+    prepare_shakespeare_char(tmp_path / "data" / "short", str(source))
     capsys.readouterr()
     with pytest.raises(SystemExit) as excinfo:
         train.main(tiny_args(tmp_path / "data", "short", tmp_path / "out"))
@@ -150,7 +165,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     source = root / "input.txt"
     source.write_text(TEXT)
-    shakespeare_char.prepare(root / "data" / "tiny", str(source))
+    prepare_shakespeare_char(root / "data" / "tiny", str(source))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         assert train.main(tiny_args(root / "data", "tiny", root / "out")) == 0

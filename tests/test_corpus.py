@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prepare import corpus, fineweb, openwebtext
-from prepare.tokens import HEADER_INTS, read_meta, read_tokens
-from settings import UserError, run_cli
+from gptkit.corpus import prepare_corpus
+from gptkit.datasets import ensure_data
+from prepare import fineweb, openwebtext
+from gptkit.data import HEADER_INTS, read_meta, read_tokens
+from gptkit.settings import UserError, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_TIKTOKEN = ROOT.parent / "shared" / "data" / "tiktoken_cache"
@@ -40,7 +42,7 @@ DOCS = [
 def gpt2(monkeypatch):
     if not os.environ.get("TIKTOKEN_CACHE_DIR") and SHARED_TIKTOKEN.is_dir():
         monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(SHARED_TIKTOKEN))
-    from prepare.tokens import TiktokenCodec
+    from gptkit.data import TiktokenCodec
     try:
         return TiktokenCodec("gpt2").encoding
     except UserError as e:
@@ -71,7 +73,7 @@ def write_corpus(folder, kind, docs=DOCS):
 
 def prepare(tmp_path, data_files, out="out", **options):
     options = {"val_fraction": 0.3, "num_proc": 1, "cache_dir": tmp_path / "hf", **options}
-    corpus.prepare_corpus(tmp_path / out, "unused/offline", data_files=data_files, **options)
+    prepare_corpus(tmp_path / out, "unused/offline", data_files=data_files, **options)
     return tmp_path / out
 
 
@@ -220,15 +222,17 @@ def test_script_prepares_local_files(tmp_path, gpt2, script, kind):
     assert f"{len(DOCS)} documents" in summary and "tokens/s" in summary and str(out) in summary
 
 
-def test_scripts_never_run_by_themselves():
-    """train.py runs prepare/<dataset>.py's prepare() when data is missing: a download of tens of
-    gigabytes must not start that way."""
-    for module in (corpus, openwebtext, fineweb):
-        assert not hasattr(module, "prepare")
+@pytest.mark.parametrize("dataset", ["openwebtext", "fineweb"])
+def test_corpora_are_never_prepared_by_train(tmp_path, dataset):
+    """train.py prepares a missing data set by its recipe: a download of tens of gigabytes must
+    not start that way, but be named as the user's step."""
+    with pytest.raises(UserError, match=f"make it first with python prepare/{dataset}.py"):
+        ensure_data(tmp_path, dataset)
+    assert not (tmp_path / dataset).exists()
 
 
 def test_an_error_is_reported_by_its_first_meaningful_line():
-    from settings import reason
+    from gptkit.settings import reason
 
     assert reason(ValueError('"""\nSchema at index 1 was different:\ntext: string')) == \
         "Schema at index 1 was different:"

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import train
-from checkpoint import load_checkpoint
+from gptkit.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")

@@ -11,10 +11,12 @@ from matplotlib.image import imread
 
 import explain
 import sample
+from gptkit import sampling
 import train
 from model import GPT, GPTConfig
-from prepare import shakespeare_char
-from prepare.tokens import CharCodec
+from gptkit.datasets import prepare_shakespeare_char
+from gptkit.data import CharCodec
+from gptkit.hardware import flops_per_token
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -86,7 +88,7 @@ def test_summary_of_gpt3_175b_is_the_papers_to_the_parameter(tmp_path, capsys):
     assert counts["MLP up"] == counts["MLP down"] == 57_982_058_496
     assert sum(counts[kind] for kind in explain.MATRICES) == 175_181_291_520
     # The paper's 3.14e23 training FLOPs over 300B tokens: 6N a token.
-    flops = model.flops_per_token()
+    flops = flops_per_token(model)
     assert flops["training"][0] == pytest.approx(3.14e23 / 300e9, rel=0.01)
 
     out = tmp_path / "summary.png"
@@ -120,7 +122,7 @@ def test_next_probabilities_are_those_the_sampler_draws_from(tiny_config, monkey
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(3))
     logits = model(idx)[0][:, -1, :30]
     for row, temperature in zip(probs, temperatures):
-        torch.testing.assert_close(row, sample.sampling_probs(logits, temperature)[0])
+        torch.testing.assert_close(row, sampling.sampling_probs(logits, temperature)[0])
         # exactly what TokenSampler hands torch.multinomial when sampling.py draws the next token
         drawn_from = []
         real_multinomial = torch.multinomial
@@ -129,10 +131,10 @@ def test_next_probabilities_are_those_the_sampler_draws_from(tiny_config, monkey
         monkeypatch.undo()
         assert torch.equal(drawn_from[0][0], row)
     _, cut = explain.next_token_probs(model, idx, [1.0], top_k=3, vocab_limit=30)
-    assert (cut > 0).sum() == 3 and torch.equal(cut, sample.sampling_probs(logits, 1.0, top_k=3))
+    assert (cut > 0).sum() == 3 and torch.equal(cut, sampling.sampling_probs(logits, 1.0, top_k=3))
     long = prompt(tiny_config, length=tiny_config.block_size + 5)  # read as the sampler reads it: its last block_size
     _, probs = explain.next_token_probs(model, long, [1.0])
-    torch.testing.assert_close(probs, sample.sampling_probs(model(long[:, -tiny_config.block_size:])[0][:, -1], 1.0))
+    torch.testing.assert_close(probs, sampling.sampling_probs(model(long[:, -tiny_config.block_size:])[0][:, -1], 1.0))
 
 
 def test_next_picture_shows_the_probabilities(tiny_config, tmp_path):
@@ -269,7 +271,7 @@ def trained(tmp_path_factory):
     """A tiny character model trained once for the command-line tests: its out_dir."""
     root = tmp_path_factory.mktemp("explain")
     (root / "input.txt").write_text(TEXT)
-    shakespeare_char.prepare(root / "data" / "tiny", str(root / "input.txt"))
+    prepare_shakespeare_char(root / "data" / "tiny", str(root / "input.txt"))
     args = [f"--data_dir={root / 'data'}", "--dataset=tiny", f"--out_dir={root / 'out'}", "--n_layer=2",
             "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_size=4", "--gradient_accumulation_steps=1",
             "--max_iters=10", "--eval_interval=10", "--eval_iters=1", "--warmup_iters=2", "--lr_decay_iters=10",

@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-import hardware
+import gptkit.cpu as cpu
+import gptkit.hardware as hardware
+import gptkit.training
 import train
+from gptkit.settings import load_settings
+from gptkit.train_settings import TrainConfig
+from gptkit.training import TrainingRun
 from model import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,16 +36,16 @@ def test_fastest_cpu_dtype_measures_and_leaves_the_run_untouched():
 
 def test_auto_measures_on_a_bf16_cpu_and_says_what_it_chose(char_data, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
-    monkeypatch.setattr(train, "fastest_cpu_dtype", lambda model, x, y: ("float32", {"float32": 0.01, "bfloat16": 0.02}))
-    config = train.load_settings(train.TrainConfig, [
+    monkeypatch.setattr(gptkit.training, "fastest_cpu_dtype", lambda model, x, y: ("float32", {"float32": 0.01, "bfloat16": 0.02}))
+    config = load_settings(TrainConfig, [
         f"--data_dir={char_data}", "--dataset=tiny", f"--out_dir={tmp_path / 'out'}", "--n_layer=1", "--n_head=1",
         "--n_embd=16", "--block_size=8", "--batch_size=2", "--device=cpu", "--dtype=auto"])
     rng = np.random.default_rng(config.seed).bit_generator.state
-    trainer = train.Trainer(config)
-    assert trainer.dtype == "float32"
+    run = TrainingRun(config)
+    assert run.dtype == "float32"
     assert "dtype auto: float32 (forward and backward of 8 sequences: float32 10.0 ms, bfloat16 20.0 ms" \
         in capsys.readouterr().out
-    assert trainer.sampler.rng.bit_generator.state == rng, "the measurement drew from the run's batches"
+    assert run.sampler.rng.bit_generator.state == rng, "the measurement drew from the run's batches"
 
 
 @pytest.fixture
@@ -52,10 +57,10 @@ def determinism_restored():
 def test_compiling_on_a_cpu_asks_for_deterministic_kernels(tiny_train_args, determinism_restored):
     # without them, two compiled runs of the CPU recipe differed (val 2.3856 against 2.3852 after 300 steps)
     torch.use_deterministic_algorithms(False)
-    train.Trainer(train.load_settings(train.TrainConfig, tiny_train_args + ["--compile=False"]))
+    TrainingRun(load_settings(TrainConfig, tiny_train_args + ["--compile=False"]))
     assert not torch.are_deterministic_algorithms_enabled()
     args = [a.replace("/out", "/out2") if a.startswith("--out_dir") else a for a in tiny_train_args]
-    train.Trainer(train.load_settings(train.TrainConfig, args + ["--compile=True"]))
+    TrainingRun(load_settings(TrainConfig, args + ["--compile=True"]))
     assert torch.are_deterministic_algorithms_enabled()
 
 
@@ -63,11 +68,11 @@ def test_auto_with_compile_on_a_bf16_cpu_takes_bfloat16_unmeasured(char_data, tm
                                                                    determinism_restored):
     # compiled, bfloat16's casts are fused away and it is the faster one even on a small model
     monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
-    monkeypatch.setattr(train, "fastest_cpu_dtype", lambda *args: pytest.fail("measured, though compiled"))
-    config = train.load_settings(train.TrainConfig, [
+    monkeypatch.setattr(gptkit.training, "fastest_cpu_dtype", lambda *args: pytest.fail("measured, though compiled"))
+    config = load_settings(TrainConfig, [
         f"--data_dir={char_data}", "--dataset=tiny", f"--out_dir={tmp_path / 'out'}", "--n_layer=1", "--n_head=1",
         "--n_embd=16", "--block_size=8", "--batch_size=2", "--device=cpu", "--dtype=auto", "--compile=True"])
-    assert train.Trainer(config).dtype == "bfloat16"
+    assert TrainingRun(config).dtype == "bfloat16"
     assert "dtype auto: bfloat16 (compiled" in capsys.readouterr().out
 
 
@@ -123,17 +128,22 @@ def test_emulated_bf16_gpus_get_float16(monkeypatch):
 
 
 def test_mfu_is_the_models_flops_over_the_peak(char_data, tmp_path):
-    config = train.load_settings(train.TrainConfig, [
+    config = load_settings(TrainConfig, [
         f"--data_dir={char_data}", "--dataset=tiny", f"--out_dir={tmp_path / 'out'}", "--n_layer=2", "--n_head=2",
         "--n_embd=32", "--block_size=16", "--batch_size=2", "--device=cpu", "--dtype=float32"])
-    trainer = train.Trainer(config)
-    model = trainer.model
-    c = model.config
-    per_token = 6 * model.num_params() + 12 * c.n_layer * c.block_size * c.n_embd
-    trainer.peak = 1e9
-    assert trainer.mfu(1000.0) == pytest.approx(per_token * 1000.0 / 1e9)
-    trainer.peak = None
-    assert trainer.mfu(1000.0) is None
+    run = TrainingRun(config)
+    assert run.model.config.vocab_size == 33 and not run.model.config.bias
+    # by hand: the token embedding 33 x 32 (tied: also the unembedding), per block two LayerNorm
+    # weights (2 x 32), q, k, v (32 x 96), the attention's projection (32 x 32), the MLP (32 x 128
+    # and 128 x 32); the final LayerNorm (32). Positions are a lookup, not counted. 6N a token,
+    # and 12 L T C for attention's scores and weighted sums.
+    weights = 33 * 32 + 2 * (2 * 32 + 32 * 96 + 32 * 32 + 32 * 128 + 128 * 32) + 32
+    per_token = 6 * weights + 12 * 2 * 16 * 32
+    assert per_token == 167_040
+    run.peak = 1e9
+    assert run.mfu(1000.0) == pytest.approx(per_token * 1000.0 / 1e9)
+    run.peak = None
+    assert run.mfu(1000.0) is None
 
 
 @pytest.mark.parametrize("flags", [["--iters=0"], ["--warmup=-1", "--iters=1"]])
@@ -148,8 +158,7 @@ def test_side_by_side_benchmark_names_a_missing_nanogpt_checkout(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "nanogpt_side_by_side.py"),
                              f"--nanogpt={tmp_path}"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith(f"error: {tmp_path / 'model.py'} not found: --nanogpt must be a checkout"), \
-        result.stderr
+    assert result.stderr.startswith(f"error: {tmp_path} is not a checkout of karpathy/nanoGPT"), result.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
@@ -164,7 +173,7 @@ def test_side_by_side_benchmark_names_a_device_it_cannot_use(tmp_path, device, m
 
 # ----------------------------------------------------------------------------- sampling precision
 
-needs_packing = pytest.mark.skipif(not hardware.cpu_packs_bf16(), reason="this torch has no oneDNN bfloat16 matmul")
+needs_packing = pytest.mark.skipif(not cpu.cpu_packs_bf16(), reason="this torch has no oneDNN bfloat16 matmul")
 
 
 def decisive_model(seed=0, **overrides):
@@ -184,7 +193,7 @@ def test_packed_linear_is_a_bfloat16_linear(bias):
     torch.manual_seed(0)
     linear = torch.nn.Linear(48, 24, bias=bias)
     x = torch.randn(3, 5, 96)[..., ::2]  # (3, 5, 48), not contiguous
-    packed = hardware.PackedLinear(linear)
+    packed = cpu.PackedLinear(linear)
     y = packed(x)
     rounded = torch.nn.functional.linear(x.bfloat16().float(), linear.weight.bfloat16().float(),
                                          None if linear.bias is None else linear.bias.bfloat16().float())
@@ -200,7 +209,7 @@ def test_packed_sampling_gives_the_float32_model_tokens_cached_or_not(activation
     with torch.no_grad():
         full32, _ = model(idx)
         tokens32 = model.generate(idx, 30)  # greedy, past the window of 16 too
-    with hardware.sampling_precision(model, "cpu", "bfloat16"):
+    with cpu.sampling_precision(model, "cpu", "bfloat16"):
         assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
         with torch.no_grad():
             full, _ = model(idx)
@@ -218,30 +227,31 @@ def test_sampling_precision_keeps_what_its_trial_measures_faster(packed_is_faste
     calls = []
 
     def trial():  # 20 ms slower in the precision that should lose
-        packed = isinstance(model.lm_head, hardware.PackedLinear)
+        packed = isinstance(model.lm_head, cpu.PackedLinear)
         calls.append(packed)
         time.sleep(0.02 if packed != packed_is_faster else 0)
 
-    hardware.sampling_precision(model, "cpu", "bfloat16", trial)
+    cpu.sampling_precision(model, "cpu", "bfloat16", trial)
     assert set(calls) == {True, False}
-    linears = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, hardware.PackedLinear))]
+    linears = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, cpu.PackedLinear))]
     assert len(linears) == 2 * 4 + 1
-    assert all(isinstance(m, hardware.PackedLinear if packed_is_faster else torch.nn.Linear) for m in linears)
+    assert all(isinstance(m, cpu.PackedLinear if packed_is_faster else torch.nn.Linear) for m in linears)
 
 
 @pytest.mark.filterwarnings("ignore:CUDA is not available")
 def test_sampling_precision_leaves_float32_and_gpus_to_autocast():
     model = decisive_model()
-    assert isinstance(hardware.sampling_precision(model, "cpu", "float32"), hardware.nullcontext)
-    assert isinstance(hardware.sampling_precision(model, "cuda", "bfloat16"), torch.autocast)
+    assert isinstance(cpu.sampling_precision(model, "cpu", "float32"), cpu.nullcontext)
+    assert isinstance(cpu.sampling_precision(model, "cuda", "bfloat16"), torch.autocast)
     assert sum(isinstance(m, torch.nn.Linear) for m in model.modules()) == 2 * 4 + 1
 
 
 KEEP_FREED = """
 import sys
 import torch
-import hardware
-kept = sys.argv[1] == "keep" and hardware.keep_freed_memory()
+import gptkit.cpu as cpu
+import gptkit.hardware as hardware
+kept = sys.argv[1] == "keep" and cpu.keep_freed_memory()
 def resident_mib():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
 block = torch.ones(4 << 20)  # 16 MiB, as a big model's step frees and allocates every time

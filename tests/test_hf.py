@@ -10,10 +10,14 @@ import pytest
 import torch
 
 import export
-from hf_gpt2 import export_gpt2, load_gpt2
+from gptkit.datasets import prepare_text
+from gptkit.hf import export_gpt2, load_gpt2
+from gptkit.settings import load_settings
+from gptkit.train_settings import TrainConfig
+from gptkit.training import TrainingRun
 from model import GPT, GPTConfig
-from prepare.tokens import CharCodec, TiktokenCodec
-from settings import UserError
+from gptkit.data import CharCodec, TiktokenCodec
+from gptkit.settings import UserError
 
 transformers = pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +67,7 @@ def hf_greedy(model, idx, n):
 @pytest.mark.parametrize("activation", ["gelu_new", "gelu", "relu"])
 def test_from_pretrained_matches_transformers(tmp_path, activation):
     theirs = hf_model(tmp_path, activation_function=activation)
-    ours = GPT.from_pretrained(str(tmp_path))
+    ours = load_gpt2(str(tmp_path))
     idx = tokens(300)
     torch.testing.assert_close(ours_logits(ours, idx), hf_logits(theirs, idx))
     assert torch.equal(ours.generate(idx[:, :5], 20), hf_greedy(theirs, idx[:, :5], 20))
@@ -80,7 +84,7 @@ def test_from_pretrained_reads_the_hubs_layout(tmp_path):
     state["h.0.attn.masked_bias"] = torch.tensor(-1e4)
     save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
     idx = tokens(300)
-    torch.testing.assert_close(ours_logits(GPT.from_pretrained(str(tmp_path)), idx), hf_logits(theirs, idx))
+    torch.testing.assert_close(ours_logits(load_gpt2(str(tmp_path)), idx), hf_logits(theirs, idx))
 
 
 @pytest.mark.parametrize("options", [
@@ -108,7 +112,7 @@ def test_export_loads_in_transformers_with_the_same_logits(tmp_path, options):
 
 def test_round_trip_through_transformers_format(tmp_path):
     theirs = hf_model(tmp_path / "a")
-    ours = GPT.from_pretrained(str(tmp_path / "a"))
+    ours = load_gpt2(str(tmp_path / "a"))
     export_gpt2(ours, CharCodec("".join(chr(256 + i) for i in range(300))), tmp_path / "b")
     back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "b").eval()
     idx = tokens(300)
@@ -165,8 +169,8 @@ def test_not_a_name_nor_a_folder(tmp_path):
 
 def test_offline_without_a_local_copy_is_one_line(tmp_path):
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home"), "PATH": "/usr/bin:/bin"}
-    code = "import sys; from settings import run_cli; from model import GPT; " \
-           "sys.exit(run_cli(lambda a: GPT.from_pretrained('gpt2')))"
+    code = "import sys; from gptkit.settings import run_cli; from gptkit.hf import load_gpt2; " \
+           "sys.exit(run_cli(lambda a: load_gpt2('gpt2')))"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 2, result.stderr
@@ -197,7 +201,6 @@ def test_export_command_from_a_trained_checkpoint(tiny_train_args, tmp_path, mon
 @pytest.fixture
 def bpe_run(tmp_path, gpt2_codec, monkeypatch):
     """A local GPT-2 folder (random weights, GPT-2's vocabulary) and GPT-2 BPE data beside it."""
-    from prepare.text import prepare_text
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "text.txt").write_text("O Romeo, Romeo! wherefore art thou Romeo?\n" * 200)
@@ -220,7 +223,7 @@ def test_finetune_from_a_local_folder_then_resume_and_sample(bpe_run, capsys):
     import train
 
     root, theirs = bpe_run
-    start = train.Trainer(train.load_settings(train.TrainConfig, finetune_args(root))).model
+    start = TrainingRun(load_settings(TrainConfig, finetune_args(root))).model
     idx = tokens(50257, length=32)  # before a step: GPT-2's weights, cropped to block_size 32
     torch.testing.assert_close(ours_logits(start, idx), hf_logits(theirs.eval(), idx))
 
@@ -243,7 +246,7 @@ def test_finetune_from_a_local_folder_then_resume_and_sample(bpe_run, capsys):
 
 
 def load_checkpoint_file(path):
-    from checkpoint import load_checkpoint
+    from gptkit.checkpoint import load_checkpoint
 
     return load_checkpoint(path)
 
@@ -256,7 +259,6 @@ def load_checkpoint_file(path):
 ])
 def test_finetune_mistakes_are_one_line(bpe_run, capsys, extra, fragment):
     import train
-    from prepare.text import prepare_text
 
     root, _ = bpe_run
     prepare_text(root / "data" / "chars", root / "text.txt", "char")
@@ -317,4 +319,4 @@ def test_from_pretrained_reads_sharded_and_older_folders(tmp_path):
     torch.save(theirs.state_dict(), tmp_path / "older" / "pytorch_model.bin")
     idx = tokens(300)
     for folder in ("sharded", "older"):
-        torch.testing.assert_close(ours_logits(GPT.from_pretrained(str(tmp_path / folder)), idx), hf_logits(theirs, idx))
+        torch.testing.assert_close(ours_logits(load_gpt2(str(tmp_path / folder)), idx), hf_logits(theirs, idx))

@@ -5,6 +5,7 @@ import os
 import pickle
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,13 @@ import pytest
 import torch
 
 import train
-from checkpoint import load_checkpoint
-from prepare.tokens import (GPT2_META, dataset_meta, read_meta, read_split, read_tokens, split_files,
-                            write_tokens)
-from settings import UserError
+from gptkit.checkpoint import load_checkpoint
+from gptkit.data import (GPT2_META, BatchSampler, dataset_meta, is_prepared, read_meta, read_split, read_tokens,
+                         split_files, write_tokens)
+from gptkit.datasets import ensure_data
+from gptkit.settings import UserError, load_settings
+from gptkit.train_settings import TrainConfig
+from gptkit.training import TrainingRun
 from tests.test_cli import assert_one_error_line, tiny_args
 
 
@@ -129,11 +133,11 @@ def test_our_unfinished_prepare_is_prepared_again_but_foreign_data_is_not(char_d
     shutil.copytree(char_data / "tiny", data / "shakespeare_char")
     shutil.copy(tmp_path / "input.txt", data / "shakespeare_char" / "input.txt")
     (data / "shakespeare_char" / "meta.json").unlink()
-    assert not train.is_prepared(data / "shakespeare_char")
-    assert train.ensure_data(train.TrainConfig(data_dir=str(data), dataset="shakespeare_char"))
+    assert not is_prepared(data / "shakespeare_char")
+    assert ensure_data(str(data), "shakespeare_char")
     assert (data / "shakespeare_char" / "meta.json").is_file()
     nano = as_nanogpt(char_data / "tiny", tmp_path / "nano" / "shakespeare_char", with_meta_pkl=False)
-    assert train.is_prepared(nano)
+    assert is_prepared(nano)
 
 
 # ----------------------------------------------------------------------------- token-file metadata
@@ -171,9 +175,9 @@ def test_llmc_shards_are_read_and_windows_stay_inside_one(tmp_path):
     as_llmc_shards(train_tokens, folder, "train", 3)
     as_llmc_shards(np.arange(100, dtype=np.uint16), folder, "val", 1)
     assert [p.name for p in split_files(folder)["train"]] == [f"fineweb_train_00000{i}.bin" for i in range(3)]
-    assert train.is_prepared(folder)
+    assert is_prepared(folder)
     meta = dataset_meta(folder)
-    sampler = train.BatchSampler(folder, meta, block_size=8, batch_size=4000, seed=0)
+    sampler = BatchSampler(folder, meta, block_size=8, batch_size=4000, seed=0)
     x, y = sampler.batch("train")
     assert (y[:, :-1] == x[:, 1:]).all()
     assert (x[:, 1:] - x[:, :-1] == 1).all(), "a window crossed from one shard into the next"
@@ -203,7 +207,7 @@ def test_train_on_llmc_shards_from_the_command_line(tmp_path):
     as_llmc_shards(rng.integers(0, 50257, 3000), folder, "train", 2)
     as_llmc_shards(rng.integers(0, 50257, 500), folder, "val", 1)
     args = tiny_args(tmp_path / "data", "fineweb10B", tmp_path / "out", max_iters=2, eval_interval=2)
-    result = subprocess.run(["python", str(Path(train.__file__)), *args], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, str(Path(train.__file__)), *args], capture_output=True, text=True,
                             cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
     state = load_checkpoint(tmp_path / "out" / "ckpt.pt")
@@ -260,7 +264,7 @@ def as_nanogpt_checkpoint(state, dataset, compiled=True):
 def test_nanogpt_checkpoint_samples_and_resumes(char_data, tmp_path, monkeypatch, compiled):
     """nanoGPT's ckpt.pt (exact GELU, its names and order) gives sample.py the same model, and
     init_from=resume carries its weights, optimizer moments and iteration on."""
-    import sample
+    from gptkit import sampling
 
     monkeypatch.chdir(tmp_path)
     train.main(tiny_args(char_data, "tiny", tmp_path / "ours", activation="gelu_exact"))
@@ -270,22 +274,23 @@ def test_nanogpt_checkpoint_samples_and_resumes(char_data, tmp_path, monkeypatch
     nano.mkdir()
     torch.save(as_nanogpt_checkpoint(ours, "shakespeare_char", compiled), nano / "ckpt.pt")
 
-    model, codec = sample.load_model(nano / "ckpt.pt", "cpu")
-    reference, _ = sample.load_model(tmp_path / "ours" / "ckpt.pt", "cpu")
+    model, codec = sampling.load_model(nano / "ckpt.pt", "cpu")
+    reference, _ = sampling.load_model(tmp_path / "ours" / "ckpt.pt", "cpu")
     idx = torch.randint(0, codec.vocab_size, (2, 16))
     with torch.no_grad():
         torch.testing.assert_close(model(idx)[0], reference(idx)[0], rtol=0, atol=0)
     assert codec.chars == read_meta(char_data / "tiny")["chars"]
 
-    config = train.load_settings(train.TrainConfig, tiny_args(tmp_path / "data", "shakespeare_char", nano,
-                                                              init_from="resume", max_iters=25))
-    trainer = train.Trainer(config)
-    assert trainer.iter_num == ours["iter_num"]
-    resumed = trainer.optimizer.state_dict()
+    config = load_settings(TrainConfig, tiny_args(tmp_path / "data", "shakespeare_char", nano,
+                                                  init_from="resume", max_iters=25))
+    run = TrainingRun(config)
+    assert run.iter_num == ours["iter_num"]
+    resumed = run.optimizer.state_dict()
     for i, moments in ours["optimizer"]["state"].items():
         for key in ("exp_avg", "exp_avg_sq"):
             torch.testing.assert_close(resumed["state"][i][key], moments[key], rtol=0, atol=0)
-    trainer.train()
+    run.close()
+    train.train(config)
     assert load_checkpoint(nano / "ckpt.pt")["iter_num"] == 25
 
 

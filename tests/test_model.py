@@ -8,7 +8,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import GPT, MLP, Dropout, GPTConfig, sinusoidal_positions
+from gptkit.cpu import CPUDropout, use_cpu_kernels
+from gptkit.optim import configure_optimizer
+from model import GPT, MLP, GPTConfig, KVCache, sinusoidal_positions
 
 
 
@@ -285,20 +287,20 @@ def test_dropout_active_only_in_training():
 def test_dropout_drops_a_fraction_p_and_keeps_the_mean(p):
     torch.manual_seed(0)
     x = torch.full((400, 500), 3.0, requires_grad=True)
-    y = Dropout(p).train()(x)
+    y = CPUDropout(p).train()(x)
     kept = y != 0
     assert abs(1 - kept.float().mean().item() - p) < 0.005  # 200,000 draws: the std is ~0.001
     torch.testing.assert_close(y[kept], torch.full_like(y[kept], 3.0 / (1 - p)), rtol=1e-4, atol=0)
     y.sum().backward()  # the gradient flows through the kept activations only, scaled alike
     torch.testing.assert_close(x.grad, kept.float() / (1 - p), rtol=1e-4, atol=0)
-    assert not torch.equal(kept, Dropout(p).train()(x) != 0)  # a fresh draw each call
-    torch.testing.assert_close(Dropout(p).eval()(x), x, rtol=0, atol=0)
+    assert not torch.equal(kept, CPUDropout(p).train()(x) != 0)  # a fresh draw each call
+    torch.testing.assert_close(CPUDropout(p).eval()(x), x, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_dropout_keeps_the_dtype_and_scales_kept_values_as_that_dtype_rounds(dtype):
     x = torch.full((100, 100), 3.0, dtype=dtype, requires_grad=True)
-    y = Dropout(0.1).train()(x)
+    y = CPUDropout(0.1).train()(x)
     y.float().sum().backward()
     kept = y != 0
     assert y.dtype == x.grad.dtype == dtype
@@ -308,7 +310,7 @@ def test_dropout_keeps_the_dtype_and_scales_kept_values_as_that_dtype_rounds(dty
 
 def test_dropout_draws_are_independent_of_position():
     torch.manual_seed(0)
-    kept = (Dropout(0.5).train()(torch.ones(2000, 1000)) != 0).float()
+    kept = (CPUDropout(0.5).train()(torch.ones(2000, 1000)) != 0).float()
     for rows in (kept[:, 0::4], kept[:, 1::4], kept[:, 2::4], kept[:, 3::4]):  # the 4 slots of a 64-bit word
         assert abs(rows.mean().item() - 0.5) < 0.005
     together = (kept[:, :-1] * kept[:, 1:]).mean().item()  # neighbours kept together: 0.25 if independent
@@ -320,16 +322,39 @@ def test_attention_written_out_for_dropout_on_cpu_equals_sdpa():
     # to drop anything it must give what the fused attention gives (the causal mask included).
     with_dropout, without = small_config(dropout=1e-9), small_config(dropout=0.0)
     idx = torch.randint(0, with_dropout.vocab_size, (3, 16))
-    a, loss_a = make_model(with_dropout).train()(idx, idx)
+    a, loss_a = use_cpu_kernels(make_model(with_dropout)).train()(idx, idx)
     b, loss_b = make_model(without).train()(idx, idx)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(loss_a, loss_b)
 
 
+@pytest.mark.parametrize("cpu_kernels", [False, True])
+def test_cached_forward_in_training_with_dropout_equals_the_full_forward(cpu_kernels):
+    # A cached forward in train mode takes the same attention path as any other: with a dropout
+    # too small to drop anything, the prompt then its continuation through the cache give the
+    # logits of the whole sequence at once (the cache's mask included).
+    config = small_config(dropout=1e-9)
+    model = make_model(config)
+    model = (use_cpu_kernels(model) if cpu_kernels else model).train()
+    idx = torch.randint(0, config.vocab_size, (2, 12))
+    full, _ = model(idx)
+    cache = KVCache(model.config)
+    first, _ = model(idx[:, :5], cache=cache)
+    rest, _ = model(idx[:, 5:], cache=cache)
+    torch.testing.assert_close(torch.cat([first, rest], dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_the_cpu_kernels_are_swapped_in_by_type():
+    model = use_cpu_kernels(make_model(small_config(dropout=0.1)))
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert {"CPUDropout", "CPUCausalSelfAttention"} <= kinds and not {"Dropout", "CausalSelfAttention"} & kinds
+    assert sorted(model.state_dict()) == sorted(make_model(small_config(dropout=0.1)).state_dict())
+
+
 def test_attention_under_cpu_autocast_runs_in_float32(monkeypatch):
     # torch's bfloat16 attention on a CPU is several times slower than its float32 attention:
     # under CPU autocast, queries, keys and values reach attention in float32, autocast off.
-    model = make_model(small_config(dropout=0.0)).train()
+    model = use_cpu_kernels(make_model(small_config(dropout=0.0))).train()
     seen, sdpa = [], F.scaled_dot_product_attention
 
     def recording(q, k, v, **kwargs):
@@ -369,7 +394,7 @@ def test_overfits_one_batch(tiny_config):
 def test_configure_optimizers_trains(tiny_config):
     torch.manual_seed(0)
     model = GPT(tiny_config)
-    optimizer = model.configure_optimizers(0.1, 1e-2, (0.9, 0.95), "cpu")
+    optimizer = configure_optimizer(model, 0.1, 1e-2, (0.9, 0.95), "cpu")
     idx = torch.randint(0, tiny_config.vocab_size, (2, tiny_config.block_size))
     _, first = model(idx, idx)
     for _ in range(20):
@@ -474,8 +499,8 @@ def test_crop_block_size_rejects_out_of_range(size):
 def test_configure_optimizers_groups(bias):
     config = small_config(bias=bias)
     model = make_model(config)
-    optimizer = model.configure_optimizers(weight_decay=0.1, learning_rate=3e-4, betas=(0.9, 0.95),
-                                           device_type="cpu")
+    optimizer = configure_optimizer(model, weight_decay=0.1, learning_rate=3e-4, betas=(0.9, 0.95),
+                                    device_type="cpu")
     assert isinstance(optimizer, torch.optim.AdamW)
     assert len(optimizer.param_groups) == 2
     seen = []

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from model import GPT, GPTConfig
-from muon import MuonAdamW, orthogonalise
+from gptkit.muon import MuonAdamW, orthogonalise
+from gptkit.optim import configure_optimizer
 
 
 @pytest.mark.parametrize("shape", [(3, 48, 16), (3, 16, 48), (2, 32, 32)])
@@ -35,7 +36,7 @@ def test_muon_steps_as_torch_muon_and_adamw_do():
     rest (weight decay on the embeddings, none on biases and norms)."""
     ours = tiny_gpt()
     theirs = copy.deepcopy(ours)
-    optimizer = ours.configure_optimizers(0.1, 3e-3, (0.9, 0.99), "cpu", optimizer="muon")
+    optimizer = configure_optimizer(ours, 0.1, 3e-3, (0.9, 0.99), "cpu", optimizer="muon")
     assert isinstance(optimizer, MuonAdamW)
     matrices = {"attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"}
     named = dict(theirs.named_parameters())

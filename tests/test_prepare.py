@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from checkpoint import atomic_write
+from gptkit import datasets
+from gptkit.files import atomic_write
+from gptkit.datasets import find_or_download, prepare_shakespeare, prepare_shakespeare_char, prepare_text
 from prepare import shakespeare, shakespeare_char, text
-from prepare.download import find_or_download
-from prepare.tokens import CharCodec, read_meta, read_tokens, write_tokens
-from settings import UserError, run_cli
+from gptkit.data import CharCodec, read_meta, read_tokens, write_tokens
+from gptkit.settings import UserError, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,7 +59,7 @@ def test_prepare_splits_90_10_in_order(tmp_path, text):
     source = tmp_path / "input.txt"
     source.write_text(text, encoding="utf-8")
     out_dir = tmp_path / "prepared"
-    shakespeare_char.prepare(out_dir, str(source))
+    prepare_shakespeare_char(out_dir, str(source))
 
     meta = json.loads((out_dir / "meta.json").read_text())
     assert meta["codec"] == "char"
@@ -81,9 +82,9 @@ def test_prepare_again_replaces_the_data(tmp_path):
     source = tmp_path / "input.txt"
     out_dir = tmp_path / "prepared"
     source.write_text("abcabcabcabcabcabcabcabcabcabc")
-    shakespeare_char.prepare(out_dir, str(source))
+    prepare_shakespeare_char(out_dir, str(source))
     source.write_text("xyz" * 20)
-    shakespeare_char.prepare(out_dir, str(source))
+    prepare_shakespeare_char(out_dir, str(source))
     meta = read_meta(out_dir)
     assert meta["chars"] == "xyz"
     codec = CharCodec(meta["chars"])
@@ -133,7 +134,7 @@ def test_input_that_is_a_folder(tmp_path, no_internet):
 def test_byte_order_mark_is_not_a_character(tmp_path):
     source = tmp_path / "input.txt"
     source.write_bytes(("\ufeff" + "abc\r\nab\r\n" * 10).encode("utf-8"))  # as Windows Notepad saves it
-    shakespeare_char.prepare(tmp_path / "data", str(source))
+    prepare_shakespeare_char(tmp_path / "data", str(source))
     assert read_meta(tmp_path / "data")["chars"] == "\nabc"
 
 
@@ -324,9 +325,10 @@ def test_download_writes_the_file(tmp_path, monkeypatch):
     assert [p.name for p in path.parent.iterdir()] == ["input.txt"]
 
 
-def test_prepare_without_internet_or_file(tmp_path, no_internet, capsys):
+def test_prepare_without_internet_or_file(tmp_path, no_internet, capsys, monkeypatch):
+    monkeypatch.setattr(datasets, "SHAKESPEARE_TEXT", tmp_path / "not-shipped.txt")  # a copy without the text
     with pytest.raises(UserError) as info:
-        shakespeare_char.prepare(tmp_path / "d")
+        prepare_shakespeare_char(tmp_path / "d")
     assert str(tmp_path / "d" / "input.txt") in str(info.value)
     assert not (tmp_path / "d" / "train.bin").exists()
 
@@ -379,7 +381,7 @@ SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 def test_shakespeare_bpe_gives_nanogpts_counts(gpt2_codec, tmp_path):
     codec = gpt2_codec
     out_dir = tmp_path / "shakespeare"
-    shakespeare.prepare(out_dir, input_path=str(SHAKESPEARE))
+    prepare_shakespeare(out_dir, input_path=str(SHAKESPEARE))
     train, val = read_tokens(out_dir / "train.bin"), read_tokens(out_dir / "val.bin")
     assert (len(train), len(val)) == (301_966, 36_059)  # the counts nanoGPT's data/shakespeare documents
     assert train.dtype == np.uint16
@@ -397,13 +399,13 @@ def test_bpe_data_trains_and_samples(gpt2_codec, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     source = tmp_path / "input.txt"
     source.write_text(TEXT * 20)
-    shakespeare.prepare(tmp_path / "data" / "bpe", input_path=str(source))
+    prepare_shakespeare(tmp_path / "data" / "bpe", input_path=str(source))
     out = tmp_path / "out"
     assert train.main([f"--data_dir={tmp_path / 'data'}", "--dataset=bpe", f"--out_dir={out}", "--n_layer=1",
                        "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=2",
                        "--gradient_accumulation_steps=1", "--max_iters=4", "--eval_interval=2", "--eval_iters=1",
                        "--warmup_iters=1", "--lr_decay_iters=4", "--device=cpu", "--dtype=float32"]) == 0
-    from checkpoint import load_checkpoint
+    from gptkit.checkpoint import load_checkpoint
     assert load_checkpoint(out / "ckpt.pt")["model_config"]["vocab_size"] == 50304
     texts = sample.sample(sample.SampleConfig(out_dir=str(out), start="To be", max_new_tokens=8, device="cpu"),
                           out=io.StringIO())
@@ -421,7 +423,7 @@ def own_text_folder(tmp_path):
 
 
 def test_own_text_folder_char(tmp_path):
-    text.prepare_text(tmp_path / "mine", own_text_folder(tmp_path), tokenizer="char")
+    prepare_text(tmp_path / "mine", own_text_folder(tmp_path), tokenizer="char")
     meta = read_meta(tmp_path / "mine")
     codec = CharCodec(meta["chars"])
     whole = decode_file(tmp_path / "mine" / "train.bin", codec) + decode_file(tmp_path / "mine" / "val.bin", codec)
@@ -448,7 +450,7 @@ def test_own_text_char_trains_and_samples(monkeypatch, tmp_path):
 
 def test_own_text_gpt2_puts_end_of_text_between_files(gpt2_codec, tmp_path):
     folder = own_text_folder(tmp_path)
-    text.prepare_text(tmp_path / "mine", folder, tokenizer="gpt2")
+    prepare_text(tmp_path / "mine", folder, tokenizer="gpt2")
     ids = np.concatenate([read_tokens(tmp_path / "mine" / f"{split}.bin") for split in ("train", "val")]).tolist()
     encode, eot = gpt2_codec.encoding.encode_ordinary, gpt2_codec.eot_token
     assert ids == encode("First file.") + [eot] + encode("Third.") + [eot] + encode("Second file, in a subfolder.\n")

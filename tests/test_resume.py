@@ -24,11 +24,11 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import sample
 import train
-from checkpoint import load_checkpoint
+from gptkit.checkpoint import load_checkpoint
 from model import GPT
-from prepare import shakespeare_char
-from prepare.tokens import read_meta, write_tokens
-from settings import UserError
+from gptkit.datasets import prepare_shakespeare_char
+from gptkit.data import read_meta, write_tokens
+from gptkit.settings import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -148,7 +148,7 @@ def data_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     source = root / "input.txt"
     source.write_text(TEXT)
-    shakespeare_char.prepare(root / "tiny", input_path=str(source))
+    prepare_shakespeare_char(root / "tiny", input_path=str(source))
     (root / "nodata").mkdir()  # a dataset folder with no files, and no prepare/nodata.py
     for split in ("train", "val"):  # a split with no tokens at all
         folder = root / f"empty_{split}"
@@ -156,10 +156,10 @@ def data_dir(tmp_path_factory):
         write_tokens(folder / f"{split}.bin", [])
     short = root / "short.txt"
     short.write_text(TEXT[:12])  # 10 train tokens, 2 val tokens: less than a block of 16
-    shakespeare_char.prepare(root / "short", input_path=str(short))
+    prepare_shakespeare_char(root / "short", input_path=str(short))
     other = root / "other.txt"
     other.write_text(TEXT.replace("a", "@"))  # as many characters as tiny's, but other ones
-    shakespeare_char.prepare(root / "other", input_path=str(other))
+    prepare_shakespeare_char(root / "other", input_path=str(other))
     return root
 
 

@@ -11,10 +11,12 @@ import torch
 import torch.nn.functional as F
 
 import sample as sample_cli
-from checkpoint import save_checkpoint
+from gptkit import sampling
+from gptkit.checkpoint import save_checkpoint
 from model import GPT, GPTConfig, KVCache
-from prepare.tokens import CharCodec
-from sample import Sample, SampleConfig, TokenSampler, check_sampling, sampling_probs
+from gptkit.data import CharCodec
+from gptkit.sampling import Sample, TokenSampler, check_sampling, sampling_probs
+from sample import SampleConfig
 
 
 def generate(model, idx, max_new_tokens, use_cache=True, **sampling):
@@ -245,8 +247,8 @@ def test_check_sampling_accepts_edge_values():
 
 
 def test_sampling_settings_are_checked_once_not_per_token(tiny_config, monkeypatch):
-    calls, check = [], sample_cli.check_sampling
-    monkeypatch.setattr(sample_cli, "check_sampling", lambda *args: calls.append(args) or check(*args))
+    calls, check = [], sampling.check_sampling
+    monkeypatch.setattr(sampling, "check_sampling", lambda *args: calls.append(args) or check(*args))
     model = random_model(tiny_config)
     out = generate(model, torch.zeros(1, 2, dtype=torch.long), 20, temperature=0.8, top_k=5, top_p=0.9)
     assert out.shape == (1, 22)

@@ -15,7 +15,10 @@ from matplotlib.image import imread
 
 import plot
 import train
-from metrics import read_metrics
+from gptkit.runlog import Clock
+from gptkit.train_settings import TrainConfig
+from gptkit.plots import loss_figure
+from gptkit.runlog import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -90,13 +93,13 @@ def test_log_line_shows_progress_time_left_and_a_summary(trained_run):
 
 
 def test_time_left_counts_the_steps_and_evaluations_to_come():
-    clock = train.Clock()
+    clock = Clock()
     clock.stepped(30.0)  # the first step compiles: not what the others will take
     clock.stepped(2.0)
     clock.stepped(4.0)  # 3 s a step
     clock.evaluated(25.0)  # so does the first evaluation
     clock.evaluated(10.0)
-    config = train.TrainConfig(max_iters=100, eval_interval=30, warmup_iters=0, lr_decay_iters=100)
+    config = TrainConfig(max_iters=100, eval_interval=30, warmup_iters=0, lr_decay_iters=100)
     # just after the step to 40: 60 steps and the evaluations at 60, 90 and 100 (the end) remain
     assert clock.left(40, config) == pytest.approx(60 * 3 + 3 * 10)
     assert clock.left(90, config) == pytest.approx(10 * 3 + 2 * 10)  # the one at 90 is still to come
@@ -104,10 +107,10 @@ def test_time_left_counts_the_steps_and_evaluations_to_come():
 
 
 def test_time_left_from_one_step_uses_it():
-    clock = train.Clock()
+    clock = Clock()
     clock.stepped(2.0)
     clock.evaluated(5.0)
-    config = train.TrainConfig(max_iters=10, eval_interval=10, warmup_iters=0, lr_decay_iters=10)
+    config = TrainConfig(max_iters=10, eval_interval=10, warmup_iters=0, lr_decay_iters=10)
     assert clock.left(1, config) == pytest.approx(9 * 2 + 5)
 
 
@@ -115,7 +118,7 @@ def test_loss_png_holds_the_curves_of_the_run(trained_run):
     out, _ = trained_run
     assert_png(out / "loss.png")
     rows = read_metrics(out / "metrics.jsonl")
-    figure = plot.loss_figure(rows)
+    figure = loss_figure(rows)
     loss_axis, lr_axis = figure.axes[0], figure.axes[1]
     lines = {line.get_label(): line for line in loss_axis.get_lines()}
     evals = [r for r in rows if "val_loss" in r]

@@ -1,4 +1,4 @@
-"""Hugging Face's GPT-2 folders: OpenAI's weights in (GPT.from_pretrained), our models out (export.py).
+"""Hugging Face's GPT-2 folders: OpenAI's weights in (load_gpt2), our models out (export_gpt2).
 
 A folder holds config.json and model.safetensors, and for GPT-2's BPE vocab.json and merges.txt.
 Our model has GPT-2's layout and parameter names; two things differ. GPT-2 keeps each linear
@@ -12,9 +12,10 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import atomic_write
-from prepare.tokens import GPT2_META
-from settings import UserError, reason
+from gptkit.data import GPT2_META
+from gptkit.files import atomic_write
+from gptkit.settings import UserError, reason
+from model import GPT, GPTConfig
 
 PRETRAINED = {  # init_from names -> Hub repositories (124M, 350M, 774M, 1558M parameters)
     "gpt2": "openai-community/gpt2",
@@ -57,8 +58,6 @@ def pretrained_folder(name_or_path):
 
 def read_config(folder, dropout=0.0):
     """The GPTConfig of a GPT-2 folder's config.json; a variant our model cannot compute is refused."""
-    from model import GPTConfig
-
     path = Path(folder) / "config.json"
     try:
         hf = json.loads(path.read_text())
@@ -100,8 +99,6 @@ def read_weights(folder):
 
 def load_gpt2(name_or_path, dropout=0.0):
     """A GPT with the weights of a GPT-2 folder or name (see PRETRAINED)."""
-    from model import GPT
-
     folder = pretrained_folder(name_or_path)
     model = GPT(read_config(folder, dropout))
     state = {}

@@ -1,15 +1,12 @@
 """Which device and precision a run uses, and the autocast that applies the precision."""
 
-import ctypes
 import functools
-import sys
 import time
 from contextlib import nullcontext
 
 import torch
-import torch.nn as nn
 
-from settings import UserError
+from gptkit.settings import UserError
 
 
 def resolve_device(device):
@@ -86,6 +83,17 @@ GPU_PEAKS = [
 ]
 
 
+def flops_per_token(model):
+    """{'training': (matmuls, attention), 'sampling': (...)}: FLOPs per token, as nanoGPT's MFU
+    and the PaLM paper count them. A forward pass multiplies and adds once per weight N of a
+    matmul (2N: the embeddings are lookups, but the tied token embedding is also the
+    unembedding, a matmul), and each layer's queries meet every key of the context and its
+    weights every value (4 L T C); training adds the backward pass, twice the forward."""
+    c = model.config
+    weights, attention = model.num_params(), 4 * c.n_layer * c.block_size * c.n_embd
+    return {"training": (6 * weights, 3 * attention), "sampling": (2 * weights, attention)}
+
+
 def peak_flops(device, dtype):
     """(FLOP/s, where the figure comes from) for MFU: a GPU's from GPU_PEAKS by its name, a CPU's
     measured here once (matmuls of 1024 x 1024 in dtype, on the threads torch uses); None if unknown."""
@@ -115,23 +123,6 @@ def measured_cpu_matmul_flops(dtype, n=1024):
     return 2 * n**3 / best
 
 
-def keep_freed_memory():
-    """Have glibc's malloc keep the memory a step frees, for the next step to reuse. By default
-    it hands freed blocks of more than ~128 KiB back to the system and faults them in again,
-    zero-filled, the next time. On a 2-core CPU that made the 0.8M model's training step 15%
-    slower with AdamW (25.3 against 21.6 ms/iter) and 12% with Muon (35.7 against 31.5).
-    Returns whether the setting took (False off glibc, e.g. macOS or musl)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
-    # blocks up to 32 MiB (glibc's most) come from the heap, and the heap is never trimmed
-    return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
-
-
 def enable_tf32():
     """float32 matmuls and convolutions on TF32 tensor cores (Ampere and later): ~8x faster, with
     a 10-bit mantissa, which training does not notice. What nanoGPT and PyTorch's guides do."""
@@ -144,81 +135,3 @@ def autocast_context(device, dtype):
     if dtype == "float32":
         return nullcontext()
     return torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, dtype))
-
-
-class PackedLinear(nn.Module):
-    """An nn.Linear for sampling on a CPU: the weight converted once to bfloat16 in oneDNN's
-    blocked layout (the layout its matmul reads fastest), the input cast to bfloat16 and the
-    output back to float32. For one token, a matmul reads each weight once, and from this layout
-    it takes about half the time of autocast's bfloat16 matmul.
-
-    activation (an nn.GELU or nn.ReLU) is applied inside the matmul, and the output then stays
-    in bfloat16: it is an MLP's hidden layer, read only by the next PackedLinear."""
-
-    def __init__(self, linear, activation=None):
-        super().__init__()
-        weight = linear.weight.detach().to(torch.bfloat16)
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 1)  # laid out for one row at a time
-        self.bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
-        self.fused = ("none", "")
-        if isinstance(activation, nn.GELU):
-            self.fused = ("gelu", activation.approximate)  # 'none' (the exact form) or 'tanh'
-        elif isinstance(activation, nn.ReLU):
-            self.fused = ("relu", "")
-
-    def forward(self, x):
-        attr, algorithm = self.fused
-        # .default: the overload named, not looked up among the op's overloads at every call
-        y = torch.ops.mkldnn._linear_pointwise.default(x.to(torch.bfloat16), self.packed, self.bias, attr, [None],
-                                                       algorithm)
-        return y if attr != "none" else y.float()
-
-
-def sampling_precision(model, device, dtype, trial=None):
-    """Ready an eval-mode model to sample in dtype; returns the context to run it in.
-
-    On a CPU in bfloat16 every nn.Linear is replaced, in place, by a PackedLinear (an MLP's
-    activation moves into its first one), and the rest (attention, LayerNorm) runs in float32,
-    which is faster there than bfloat16: the model can then sample but no longer train. With
-    trial (a function that samples a few tokens), float32 is kept instead where trial runs
-    faster in it, as on a small model, whose weights are read fast enough that the casts cost
-    more than bfloat16 saves. Elsewhere, or where this torch has no oneDNN bfloat16 matmul, the
-    context is autocast."""
-    if device.split(":")[0] != "cpu" or dtype != "bfloat16" or not cpu_packs_bf16():
-        return autocast_context(device, dtype)
-    swaps = []  # (module, attribute, as it is, packed)
-    for module in list(model.modules()):
-        activation = getattr(module, "act", None)
-        fuse = isinstance(activation, (nn.GELU, nn.ReLU)) and isinstance(getattr(module, "c_fc", None), nn.Linear)
-        if fuse:  # an MLP: c_fc -> act -> c_proj
-            swaps.append((module, "act", activation, nn.Identity()))
-        for name, child in module.named_children():
-            if isinstance(child, nn.Linear):
-                swaps.append((module, name, child, PackedLinear(child, activation if fuse and name == "c_fc" else None)))
-
-    def pack(packed):
-        for module, name, plain, packed_module in swaps:
-            setattr(module, name, packed_module if packed else plain)
-
-    if trial is not None:
-        seconds = {}
-        for packed in (True, False):
-            pack(packed)
-            trial()  # a warm-up
-            started = time.perf_counter()
-            trial()
-            seconds[packed] = time.perf_counter() - started
-        if seconds[False] < seconds[True]:
-            return nullcontext()  # float32 throughout: the model keeps its own layers
-    pack(True)
-    return nullcontext()
-
-
-@functools.lru_cache
-def cpu_packs_bf16():
-    """Whether this torch can pack and run PackedLinear (a tiny trial)."""
-    try:
-        PackedLinear(nn.Linear(2, 2))(torch.ones(1, 2))
-        return True
-    except (AttributeError, RuntimeError):
-        return False

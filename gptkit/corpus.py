@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from prepare.tokens import GPT2_META, TiktokenCodec, token_writer, write_meta
-from progress import progress
-from settings import ArgumentParser, UserError, reason
+from gptkit.data import GPT2_META, TiktokenCodec, token_writer, write_meta
+from gptkit.runlog import progress
+from gptkit.settings import ArgumentParser, UserError, reason
 
 EOT = 50256  # GPT-2's <|endoftext|>, after every document
 

@@ -1,5 +1,6 @@
 """The data every script shares: token files (a checked header, then uint16 tokens), a
-dataset's metadata (meta.json: which codec and vocabulary), and the codecs themselves."""
+dataset's metadata (meta.json: which codec and vocabulary), the codecs themselves, and the
+batches training draws from the token files."""
 
 import json
 import os
@@ -8,9 +9,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from checkpoint import atomic_write
-from settings import UserError, reason
+from gptkit.files import atomic_write
+from gptkit.settings import UserError, reason
 
 # A token file is a 1024-byte header of int64s (magic, version, token count, bytes per token,
 # vocabulary size; then, from int 8, the tokenizer's name in ASCII) followed by the tokens as
@@ -287,3 +289,67 @@ class TiktokenCodec:
 def codec_from_meta(meta):
     """The codec that metadata checked by meta_problem names."""
     return CharCodec(meta["chars"]) if meta["codec"] == "char" else TiktokenCodec(meta["encoding"])
+
+
+# ----------------------------------------------------------------------------- batches
+
+def model_vocab_size(meta, setting=None):
+    """The model's vocabulary: the setting (a resumed run's is its checkpoint's), else the data's."""
+    data_vocab = meta["vocab_size"]
+    if setting is not None:
+        vocab_size = setting
+    else:  # BPE padded to a multiple of 64 runs faster; the extra rows go unused
+        vocab_size = data_vocab if meta["codec"] == "char" else -(-data_vocab // 64) * 64
+    if vocab_size < data_vocab:
+        raise UserError(f"vocab_size={vocab_size} is smaller than the data's vocabulary "
+                        f"({data_vocab}); raise it or leave it unset")
+    return vocab_size
+
+
+class BatchSampler:
+    """Random contiguous windows of the token files: x is block_size tokens, y the same shifted
+    by one. The only source of batches: which ones a run sees depends only on the seed and on
+    how many it has drawn, which state_dict() captures for an exact resume. A split may be
+    several files (shards): a window lies within one, each start equally likely."""
+
+    def __init__(self, data_dir, meta, block_size, batch_size, seed):
+        self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
+        self.data = {split: read_split(data_dir, split, meta) for split in ("train", "val")}
+        self.starts = {}  # per split, the cumulative count of window starts over its files
+        for split, files in self.data.items():
+            self.starts[split] = np.cumsum([max(len(tokens) - block_size, 0) for tokens in files])
+            if self.starts[split][-1] == 0:
+                paths = split_files(data_dir)[split]
+                where = paths[0] if len(paths) == 1 else f"each {split} shard in {data_dir}"
+                raise UserError(f"{where} has {max(map(len, files)):,} tokens, but block_size={block_size} "
+                                f"needs more than that; use more text or a smaller block_size")
+        self.rng = np.random.default_rng(seed)
+        self.eval_cache = {}
+
+    def batch(self, split, rng=None, count=None, part=slice(None)):
+        """(x, y), each (batch_size, block_size) int64 on the CPU. count: draw that many windows
+        instead (an optimizer step's, across every process) and build only those in `part`."""
+        starts, span = self.starts[split], np.arange(self.block_size + 1)
+        offsets = (rng or self.rng).integers(0, starts[-1], size=count or self.batch_size)[part]
+        if len(starts) == 1:  # one file: every window in one gather
+            windows = self.data[split][0][offsets[:, None] + span]
+        else:
+            files = np.searchsorted(starts, offsets, side="right")
+            offsets -= np.concatenate(([0], starts[:-1]))[files]
+            windows = np.stack([self.data[split][f][o + span] for f, o in zip(files, offsets)])
+        windows = torch.from_numpy(windows.astype(np.int32))  # made int64 on the device (half the transfer)
+        return windows[:, :-1], windows[:, 1:]
+
+    def eval_batches(self, split, count):
+        """The same `count` batches at every evaluation, so val losses compare like with like
+        (built once)."""
+        if (split, count) not in self.eval_cache:
+            rng = np.random.default_rng([self.seed, 1])
+            self.eval_cache[split, count] = [self.batch(split, rng) for _ in range(count)]
+        return self.eval_cache[split, count]
+
+    def state_dict(self):
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state):
+        self.rng.bit_generator.state = state["rng"]

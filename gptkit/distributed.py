@@ -14,8 +14,8 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
-from hardware import resolve_device
-from settings import UserError
+from gptkit.hardware import resolve_device
+from gptkit.settings import UserError
 
 
 class Processes:

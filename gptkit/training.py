@@ -1,0 +1,188 @@
+"""Setting up a training run: processes and device, precision, where the weights come from
+(scratch, a checkpoint to resume, GPT-2's), the data, the model, its optimizer, and the files
+it writes. train.py's loop works with the TrainingRun this builds."""
+
+import gc
+import os
+import random
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from gptkit.checkpoint import load_checkpoint, restore_run
+from gptkit.cpu import keep_freed_memory, use_cpu_kernels
+from gptkit.data import BatchSampler, dataset_meta, model_vocab_size, tokenizer_name
+from gptkit.datasets import ensure_data
+from gptkit.distributed import Processes, shard
+from gptkit.hardware import (autocast_context, enable_tf32, fastest_cpu_dtype, flops_per_token, peak_flops,
+                             resolve_dtype)
+from gptkit.hf import gpt2_meta, load_gpt2
+from gptkit.nonfinite import NonfiniteGuard
+from gptkit.optim import configure_optimizer
+from gptkit.runlog import Clock, Metrics, start_wandb
+from gptkit.settings import UserError
+from gptkit.train_settings import settings_for_model, with_settings
+from model import GPT
+
+
+class TrainingRun:
+    """Everything one training run works with, built from its settings (and, to resume, from
+    out_dir/ckpt.pt): the processes and device, the data and its batches, the model (and the
+    wrapped model that takes steps), the optimizer and gradient scaler, the counters a
+    checkpoint keeps, the clock, the metrics file and the non-finite policy."""
+
+    def __init__(self, config):
+        self.out_dir = Path(config.out_dir)
+        self.procs = Processes(config.backend, config.device)  # one, or torchrun's many
+        check_accumulation(config.gradient_accumulation_steps, self.procs.world_size)
+        self.device = self.procs.device
+        self.device_type = self.device.split(":")[0]
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        config, saved, pretrained = self.starting_point(config)
+        self.config = config
+        seed_everything(config.seed)
+
+        data_dir = ensure_data(config.data_dir, config.dataset)
+        self.meta = dataset_meta(data_dir)
+        if pretrained and self.meta != gpt2_meta(pretrained, config.init_from):
+            raise UserError(f"init_from={config.init_from} reads GPT-2's BPE tokens, but {data_dir} holds "
+                            f"{tokenizer_name(self.meta)} tokens; prepare the data with prepare/shakespeare.py "
+                            f"or prepare/text.py --tokenizer gpt2")
+        self.sampler = BatchSampler(data_dir, self.meta, config.block_size, config.batch_size, config.seed)
+        vocab_size = model_vocab_size(self.meta, config.vocab_size)
+        self.model = (pretrained or GPT(config.model_config(vocab_size))).to(self.device)
+        if saved:
+            self.model.load_state_dict(saved["model"])
+        if self.device_type == "cpu":
+            use_cpu_kernels(self.model)
+        self.sharded = config.fsdp and self.procs.world_size > 1
+        if self.sharded and config.optimizer == "muon":
+            raise UserError("optimizer='muon' needs each matrix whole, and fsdp=True shards them across processes; "
+                            "set fsdp=False (every process then holds the whole model) or optimizer='adamw'")
+        if self.sharded:
+            shard(self.model)
+        self.optimizer = configure_optimizer(self.model, config.weight_decay, config.learning_rate,
+                                             (config.beta1, config.beta2), self.device_type, config.optimizer)
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype == "float16")
+        self.iter_num, self.best_val_loss, self.last_eval_iter = 0, float("inf"), -1
+        self.tokens_per_step = config.gradient_accumulation_steps * config.batch_size * config.block_size
+        self.micro_steps = config.gradient_accumulation_steps // self.procs.world_size  # on each process
+        self.clock = Clock()
+        self.guard = NonfiniteGuard(config.nonfinite_loss, self.procs, self.scaler, self.out_dir)
+        if saved:
+            restore_run(self, saved)
+        elif (self.out_dir / "ckpt.pt").exists() and not config.eval_only:
+            raise UserError(f"{self.out_dir} already holds a run (ckpt.pt); continue it with --init_from=resume, "
+                            f"or choose another out_dir (or delete that one) to start afresh")
+        self.step_model = self.wrapped_model()
+        self.choose_precision()
+        self.peak, self.peak_source = peak_flops(self.device, self.dtype)  # for MFU
+        self.flops_per_token = sum(flops_per_token(self.model)["training"])
+        wandb = start_wandb(config) if config.wandb_log and not config.eval_only and self.procs.master else None
+        self.metrics = self.open_out_dir(saved["metrics_lines"] if saved else 0, wandb)
+
+    def starting_point(self, config):
+        """(settings, checkpoint or None, pretrained GPT or None): where the weights come from.
+        A checkpoint or GPT-2's weights fix the model's shape, which the settings then take."""
+        if config.init_from == "auto":  # what torchrun --max-restarts needs: carry on if there is a run
+            config = with_settings(config, init_from="resume" if (self.out_dir / "ckpt.pt").is_file() else "scratch")
+        if config.init_from == "resume":
+            path = self.out_dir / "ckpt.pt"
+            if not path.is_file():
+                raise UserError(f"init_from=resume but there is no checkpoint at {path}; "
+                                f"start with --init_from=scratch or set out_dir to the run to resume")
+            saved = load_checkpoint(path, self.device)
+            return settings_for_model(config, saved["model_config"], path), saved, None
+        if config.init_from == "scratch":
+            return config, None, None
+        pretrained = load_gpt2(config.init_from, config.dropout)
+        config = settings_for_model(config, asdict(pretrained.config), f"init_from={config.init_from}", crop=True)
+        pretrained.crop_block_size(config.block_size)
+        return config, None, pretrained
+
+    def wrapped_model(self):
+        """The model that takes training steps: under DistributedDataParallel when there are several
+        processes (FSDP has sharded it in place), compiled if asked."""
+        step_model = self.model
+        if self.procs.world_size > 1 and not self.sharded:
+            step_model = DDP(self.model, device_ids=[self.procs.local_rank] if self.device_type == "cuda" else None)
+        if self.config.compile:
+            if self.device_type == "cpu":
+                # Compiled CPU kernels otherwise add in an order that differs from run to run (an
+                # index_put in the embedding's gradient, among others); torch's own kernels repeat.
+                torch.use_deterministic_algorithms(True)
+            step_model = torch.compile(step_model)
+        return step_model
+
+    def choose_precision(self):
+        """The run's autocast, and the device's settings that go with it. dtype='auto' on one CPU
+        with bfloat16 keeps bfloat16 when compiled (its casts are fused) and otherwise measures
+        which of float32 and bfloat16 runs this model faster."""
+        config = self.config
+        if config.dtype == "auto" and self.dtype == "bfloat16" and self.device_type == "cpu" and \
+                self.procs.world_size == 1:
+            if config.compile:
+                print("dtype auto: bfloat16 (compiled, its casts are fused: faster than float32 at any size)")
+            else:
+                x, y = self.sampler.batch("val", rng=np.random.default_rng(0))  # not the run's own batches
+                self.dtype, seconds = fastest_cpu_dtype(self.model, x[:8].long(), y[:8].long())
+                print(f"dtype auto: {self.dtype} (forward and backward of 8 sequences: "
+                      + ", ".join(f"{d} {1000 * t:.1f} ms" for d, t in seconds.items()) + ", measured here)")
+        if self.device_type == "cuda":
+            enable_tf32()
+        if self.device_type == "cpu":
+            keep_freed_memory()
+        self.autocast = autocast_context(self.device, self.dtype)
+
+    def open_out_dir(self, metrics_lines, wandb):
+        """Only now, with every setting checked, touch what is on disk (eval_only writes nothing)."""
+        if self.config.eval_only or not self.procs.master:
+            return Metrics(None, metrics_lines, wandb)
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create out_dir {self.out_dir}: {e.strerror}; choose another out_dir") from None
+        if not os.access(self.out_dir, os.W_OK):
+            raise UserError(f"cannot write to out_dir {self.out_dir}; choose another out_dir")
+        for name in ("ckpt.pt", "best.pt", "metrics.jsonl", "loss.png"):  # temp files left by a save killed part-way
+            for unfinished in self.out_dir.glob(f".{name}.*tmp"):
+                unfinished.unlink()
+        return Metrics(self.out_dir / "metrics.jsonl", metrics_lines, wandb)
+
+    def to_device(self, x, y):
+        """int64 token ids on the device; to a GPU from pinned memory, without waiting."""
+        if self.device_type == "cuda":
+            x, y = (t.pin_memory() if not t.is_pinned() else t for t in (x, y))
+        return (t.to(self.device, non_blocking=True).long() for t in (x, y))
+
+    def mfu(self, tokens_per_second):
+        """Model FLOPs utilisation: the FLOPs the model needs for these tokens (6N + 12 L T C a
+        token) over what the hardware could do in the time (the peak of every process's device)."""
+        if not self.peak:
+            return None
+        return self.flops_per_token * tokens_per_second / (self.peak * self.procs.world_size)
+
+    def close(self):
+        """Close the metrics file, then the processes' connections, the wrapped models going first."""
+        self.metrics.close()
+        self.step_model = None  # DistributedDataParallel goes before its process group does
+        if self.procs.world_size > 1:  # and so do the sharded weights and optimizer state
+            self.model = self.optimizer = None
+            gc.collect()
+        self.procs.close()
+
+
+def check_accumulation(steps, world_size):
+    if steps % world_size:
+        raise UserError(f"gradient_accumulation_steps={steps} is the total across processes, as in nanoGPT, so it "
+                        f"must be a multiple of their number ({world_size}); e.g. --gradient_accumulation_steps="
+                        f"{-(-steps // world_size) * world_size}")
+
+
+def seed_everything(seed):
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
