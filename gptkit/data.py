@@ -14,28 +14,24 @@ import torch
 from gptkit.files import atomic_write
 from gptkit.settings import UserError, reason
 
-# A token file is a 1024-byte header of int64s (magic, version, token count, bytes per token,
-# vocabulary size; then, from int 8, the tokenizer's name in ASCII) followed by the tokens as
-# little-endian uint16. Files written before the vocabulary was recorded hold zeros there.
-TOKENS_MAGIC, TOKENS_VERSION, HEADER_INTS = 20261123, 1, 128
-NAME_OFFSET, NAME_BYTES = 64, 64  # where in the header the tokenizer's name lies
-LLMC_MAGIC = 20240520  # llm.c and modded-nanogpt shards: 256 int32 (magic, version, count), then uint16
+# A token file is llm.c's (and modded-nanogpt's): a header of 256 little-endian int32 (magic
+# 20240520, version 1, the token count, then zeros) and the tokens as little-endian uint16. The
+# tokenizer and vocabulary are in meta.json beside it. Files this project wrote in its own
+# earlier format (a 1024-byte header of int64: magic 20261123, version, count, bytes per token,
+# vocabulary size, the tokenizer's name from byte 64) are read as they are.
+LLMC_MAGIC, LLMC_VERSION, HEADER_INTS, HEADER_BYTES = 20240520, 1, 256, 1024
+OLD_MAGIC, OLD_NAME_OFFSET, OLD_NAME_BYTES = 20261123, 64, 64
+VOCAB_CHECKED = 1 << 20  # a run checks the ids of a file's first million tokens against meta.json
 
 
 def tokenizer_name(meta):
-    """'char', or the tiktoken encoding ('gpt2'): what a token file records of its metadata."""
+    """'char', or the tiktoken encoding ('gpt2')."""
     return "char" if meta["codec"] == "char" else meta["encoding"]
 
 
-def token_header(count, meta=None):
-    header = np.zeros(HEADER_INTS, dtype="<i8")
-    header[:4] = [TOKENS_MAGIC, TOKENS_VERSION, count, 2]
-    if meta is not None:
-        header[4] = meta["vocab_size"]
-        name = tokenizer_name(meta).encode("ascii")[:NAME_BYTES]
-        raw = bytearray(header.tobytes())
-        raw[NAME_OFFSET : NAME_OFFSET + len(name)] = name
-        return bytes(raw)
+def token_header(count):
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[:3] = [LLMC_MAGIC, LLMC_VERSION, count]
     return header.tobytes()
 
 
@@ -59,11 +55,11 @@ def token_writer(path, meta=None):
     """Write a token file piece by piece (never all of it in memory), atomically:
     with token_writer(path, meta) as out: out.write(ids) ..."""
     with atomic_write(path) as f:
-        f.write(token_header(0, meta))
+        f.write(token_header(0))
         out = TokenWriter(f, meta)
         yield out
         f.seek(0)
-        f.write(token_header(out.count, meta))
+        f.write(token_header(out.count))
 
 
 def write_tokens(path, tokens, meta=None):
@@ -73,25 +69,44 @@ def write_tokens(path, tokens, meta=None):
 
 
 def read_tokens(path, meta=None):
-    """Memory-map a token file written by write_tokens, checking its header (and, given the
-    data set's meta, that the file holds tokens of that vocabulary)."""
+    """Memory-map a token file (llm.c's format, or this project's earlier one), checking its header
+    and, given the data set's meta, that its tokens belong to that vocabulary."""
     hint = "; prepare the data again (python prepare/<dataset>.py)"
     try:
-        header = np.fromfile(path, dtype="<i8", count=HEADER_INTS)
+        size, head = os.path.getsize(path), np.fromfile(path, dtype="<i4", count=HEADER_INTS)
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}{hint}") from None
-    if header.size < HEADER_INTS or header[0] != TOKENS_MAGIC:
-        raise UserError(f"{path} is not a token file of this project{hint}")
-    if header[1] != TOKENS_VERSION or header[3] != 2:
-        raise UserError(f"{path} has token-file version {header[1]}, expected {TOKENS_VERSION}{hint}")
-    count = int(header[2])
-    if os.path.getsize(path) != HEADER_INTS * 8 + 2 * count:
+    if head.size == HEADER_INTS and head[0] == OLD_MAGIC:
+        return read_old_tokens(path, meta, hint)
+    if head.size < HEADER_INTS or head[0] != LLMC_MAGIC:
+        raise UserError(f"{path} is not a token file (no llm.c header){hint}")
+    if head[1] != LLMC_VERSION:
+        raise UserError(f"{path} is an llm.c file of version {head[1]}, not 1 (uint16 tokens){hint}")
+    count = int(head[2])
+    if size != HEADER_BYTES + 2 * count:
         raise UserError(f"{path} is truncated: its header promises {count:,} tokens{hint}")
-    name = header.tobytes()[NAME_OFFSET : NAME_OFFSET + NAME_BYTES].rstrip(b"\0").decode("ascii", "replace")
+    tokens = map_tokens(path, HEADER_BYTES, count)
+    if meta is not None and count:
+        largest = int(tokens[:VOCAB_CHECKED].max())
+        if largest >= meta["vocab_size"]:
+            raise UserError(f"{path} holds token id {largest:,}, but meta.json beside it says {tokenizer_name(meta)} "
+                            f"with a vocabulary of {meta['vocab_size']:,}{hint}")
+    return tokens
+
+
+def read_old_tokens(path, meta, hint):
+    """A token file in this project's earlier format (see the top of this file)."""
+    header = np.fromfile(path, dtype="<i8", count=HEADER_BYTES // 8)
+    if header[1] != 1 or header[3] != 2:
+        raise UserError(f"{path} has token-file version {header[1]}, expected 1{hint}")
+    count = int(header[2])
+    if os.path.getsize(path) != HEADER_BYTES + 2 * count:
+        raise UserError(f"{path} is truncated: its header promises {count:,} tokens{hint}")
+    name = header.tobytes()[OLD_NAME_OFFSET : OLD_NAME_OFFSET + OLD_NAME_BYTES].rstrip(b"\0").decode("ascii", "replace")
     if meta is not None and header[4] and (header[4], name) != (meta["vocab_size"], tokenizer_name(meta)):
         raise UserError(f"{path} holds {name} tokens (a vocabulary of {header[4]:,}) but meta.json beside it "
                         f"says {tokenizer_name(meta)} ({meta['vocab_size']:,}){hint}")
-    return map_tokens(path, HEADER_INTS * 8, count)
+    return map_tokens(path, HEADER_BYTES, count)
 
 
 def map_tokens(path, offset, count):
@@ -163,39 +178,33 @@ def split_files(data_dir):
 
 
 def magic(path):
+    """The first int32 of a file: 20240520 for llm.c's token files (ours), 20261123 for this
+    project's earlier ones; anything else for raw tokens."""
     with open(path, "rb") as f:
-        head = f.read(8)
-    return int.from_bytes(head, "little") if len(head) == 8 else None
+        head = f.read(4)
+    return int.from_bytes(head, "little") if len(head) == 4 else None
 
 
 def is_prepared(data_dir):
     """Whether data_dir holds data to train on: ours, finished (meta.json is written last), or
-    another tool's (nanoGPT's raw files, llm.c shards), which is used as it is."""
+    another tool's (nanoGPT's raw train.bin and val.bin, llm.c's shards), used as it is."""
     files = split_files(data_dir)
     if files is None:
         return False
-    return (Path(data_dir) / "meta.json").is_file() or magic(files["train"][0]) != TOKENS_MAGIC
+    ours = files["train"] == [Path(data_dir) / "train.bin"] and magic(files["train"][0]) in (LLMC_MAGIC, OLD_MAGIC)
+    return (Path(data_dir) / "meta.json").is_file() or not ours
 
 
 def read_split(data_dir, split, meta):
-    """The token arrays of one split (several for shards), memory-mapped."""
-    if (Path(data_dir) / "meta.json").is_file():
-        return [read_tokens(path, meta) for path in split_files(data_dir)[split]]
-    return [read_foreign_tokens(path) for path in split_files(data_dir)[split]]
+    """The token arrays of one split (several for shards), memory-mapped: files with a header
+    checked as read_tokens checks them, nanoGPT's raw files as they are."""
+    return [read_tokens(path, meta) if magic(path) in (LLMC_MAGIC, OLD_MAGIC) else read_raw_tokens(path)
+            for path in split_files(data_dir)[split]]
 
 
-def read_foreign_tokens(path):
-    """nanoGPT's raw uint16 files, or an llm.c shard (256 int32: magic, version, count)."""
+def read_raw_tokens(path):
+    """nanoGPT's train.bin and val.bin: uint16 tokens, no header."""
     size = os.path.getsize(path)
-    header = np.fromfile(path, dtype="<i4", count=256)
-    if header.size == 256 and header[0] == LLMC_MAGIC:
-        if header[1] != 1:
-            raise UserError(f"{path} is an llm.c shard of version {header[1]} (not GPT-2's uint16 tokens); "
-                            f"prepare the data with GPT-2's tokenizer")
-        count = int(header[2])
-        if size != 1024 + 2 * count:
-            raise UserError(f"{path} is truncated: its header promises {count:,} tokens; prepare the data again")
-        return map_tokens(path, 1024, count)
     if size % 2:
         raise UserError(f"{path} is not a file of uint16 tokens (an odd number of bytes); prepare the data again")
     return map_tokens(path, 0, size // 2)

@@ -324,6 +324,7 @@ def test_checkpoint_with_broken_metadata(trained, tmp_path, monkeypatch, capsys,
     assert_one_error_line(capsys, excinfo, str(path), "not a checkpoint of this project", fragment)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["ctrl-c", "closed pipe"])
 def test_sample_script_ends_quietly(trained, how):
     """Ctrl-C, or a reader that stops reading (| head), ends sample.py with the shell's usual
@@ -417,6 +418,7 @@ def test_sample_main_writes_to_current_stdout(trained, capsys):
     assert capsys.readouterr().out.endswith(SEPARATOR)
 
 
+@pytest.mark.slow
 def test_sample_script(trained, run_sample):
     out_dir, _ = trained
     args = [f"--out_dir={out_dir}", f"--max_new_tokens={NEW_TOKENS}", "--seed=1", "--device=cpu",

@@ -14,7 +14,7 @@ import pytest
 from gptkit.corpus import prepare_corpus
 from gptkit.datasets import ensure_data
 from prepare import fineweb, openwebtext
-from gptkit.data import HEADER_INTS, read_meta, read_tokens
+from gptkit.data import HEADER_BYTES, read_meta, read_tokens
 from gptkit.settings import UserError, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +79,7 @@ def prepare(tmp_path, data_files, out="out", **options):
 
 def read_split(path):
     tokens = read_tokens(path)
-    assert os.path.getsize(path) == HEADER_INTS * 8 + 2 * len(tokens)  # the header's count is the file's
+    assert os.path.getsize(path) == HEADER_BYTES + 2 * len(tokens)  # the header's count is the file's
     return tokens
 
 
@@ -189,6 +189,7 @@ def run_script(script, *args, env=None):
                           text=True, timeout=120, env=env)
 
 
+@pytest.mark.slow
 def test_hub_unreachable_says_what_to_do(tmp_path):
     result = run_script("fineweb", "--out_dir", str(tmp_path / "out"),
                         env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
@@ -199,6 +200,7 @@ def test_hub_unreachable_says_what_to_do(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_missing_text_field_from_the_script(tmp_path):
     data_files = write_corpus(tmp_path / "src", "parquet")
     result = run_script("fineweb", "--data_files", *data_files, "--text_field", "body",
@@ -210,6 +212,7 @@ def test_missing_text_field_from_the_script(tmp_path):
 
 # ----------------------------------------------------------------------------- the scripts
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, kind", [("openwebtext", "json"), ("fineweb", "txt")])
 def test_script_prepares_local_files(tmp_path, gpt2, script, kind):
     out = tmp_path / "out"

@@ -50,6 +50,7 @@ def assert_same_run(a, b):
         torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_with_accumulation(char_data, tmp_path):
     """2 ranks x 1 micro-batch each see the batches 1 process x 2 micro-batches sees: same losses,
     same weights. Only rank 0 writes, and each log line appears once."""
@@ -65,6 +66,7 @@ def test_two_processes_equal_one_with_accumulation(char_data, tmp_path):
     assert sorted(p.name for p in runs.iterdir()) == ["one", "two"]  # nothing else written anywhere
 
 
+@pytest.mark.slow
 def test_resume_under_torchrun_on_two_or_on_one_continues_exactly(char_data, tmp_path):
     assert train.main(settings(char_data, tmp_path / "whole")) == 0
     for name, resume_on in (("two-two", 2), ("two-one", 1)):
@@ -79,6 +81,7 @@ def test_resume_under_torchrun_on_two_or_on_one_continues_exactly(char_data, tmp
         assert_same_run(tmp_path / "whole", tmp_path / name)
 
 
+@pytest.mark.slow
 def test_auto_resumes_after_a_killed_worker(char_data, tmp_path):
     """torchrun --max-restarts restarts the group after a worker dies; with init_from=auto the
     restarted processes carry on from the last checkpoint by themselves."""
@@ -116,6 +119,7 @@ def worker_of(proc_dir, tmp_path):
     ({"backend": "nccl"}, "backend=nccl needs GPUs"),
     ({"fsdp": True, "optimizer": "muon"}, "optimizer='muon' needs each matrix whole"),
 ])
+@pytest.mark.slow
 def test_mistakes_under_torchrun_are_one_line_not_a_hang(char_data, tmp_path, extra, fragment):
     result = torchrun(settings(char_data, tmp_path / "out", **extra), tmp_path, timeout=60)
     assert result.returncode != 0
@@ -124,6 +128,7 @@ def test_mistakes_under_torchrun_are_one_line_not_a_hang(char_data, tmp_path, ex
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_fsdp_on_two_processes_checkpoints_whole_and_matches_one(char_data, tmp_path):
     """FSDP on 2 CPU ranks: a few steps, a checkpoint gathered whole on rank 0, a resume under
     FSDP, and one on a single process, all equal to a plain run; sample.py reads the checkpoint."""

@@ -76,6 +76,7 @@ def test_auto_with_compile_on_a_bf16_cpu_takes_bfloat16_unmeasured(char_data, tm
     assert "dtype auto: bfloat16 (compiled" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_compiler_that_fails_is_one_line_and_exit_status_2(tiny_train_args, monkeypatch, capsys,
                                                              determinism_restored):
     import torch._dynamo
@@ -261,6 +262,7 @@ print(kept, held - resident_mib())
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_freed_memory_is_kept_for_the_next_step():
     """After keep_freed_memory, a freed 16 MiB block stays with the process for the next step to

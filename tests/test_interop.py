@@ -14,8 +14,8 @@ import torch
 
 import train
 from gptkit.checkpoint import load_checkpoint
-from gptkit.data import (GPT2_META, BatchSampler, dataset_meta, is_prepared, read_meta, read_split, read_tokens,
-                         split_files, write_tokens)
+from gptkit.data import (GPT2_META, BatchSampler, dataset_meta, is_prepared, magic, read_meta, read_split,
+                         read_tokens, split_files, write_tokens)
 from gptkit.datasets import ensure_data
 from gptkit.settings import UserError, load_settings
 from gptkit.train_settings import TrainConfig
@@ -142,23 +142,50 @@ def test_our_unfinished_prepare_is_prepared_again_but_foreign_data_is_not(char_d
 
 # ----------------------------------------------------------------------------- token-file metadata
 
-def test_token_files_record_their_vocabulary(char_data):
+def test_token_files_are_in_llmc_format(char_data):
+    path = char_data / "tiny" / "train.bin"
+    header = np.fromfile(path, dtype="<i4", count=256)  # as llm.c's and modded-nanogpt's loaders read it
+    count = int(header[2])
+    assert list(header[:2]) == [20240520, 1] and not header[3:].any()
+    assert path.stat().st_size == 1024 + 2 * count
+    text_ids = np.fromfile(path, dtype="<u2", offset=1024)
+    np.testing.assert_array_equal(read_tokens(path, read_meta(char_data / "tiny")), text_ids)
+    assert count == len(text_ids) > 0
+
+
+def old_format(path, tokens, vocab_size, name):
+    """A token file as this project wrote them before llm.c's format: 128 int64 (magic 20261123,
+    version 1, count, 2 bytes a token, vocabulary size), the tokenizer's name at byte 64."""
+    header = np.zeros(128, dtype="<i8")
+    header[:5] = [20261123, 1, len(tokens), 2, vocab_size]
+    raw = bytearray(header.tobytes())
+    raw[64 : 64 + len(name)] = name.encode()
+    path.write_bytes(bytes(raw) + np.asarray(tokens, dtype="<u2").tobytes())
+
+
+def test_token_files_in_the_earlier_format_are_still_read(char_data, tmp_path, monkeypatch):
     meta = read_meta(char_data / "tiny")
-    header = (char_data / "tiny" / "train.bin").read_bytes()[:1024]
-    assert int.from_bytes(header[32:40], "little") == meta["vocab_size"]
-    assert header[64:68] == b"char"
+    for split in ("train", "val"):
+        tokens = np.asarray(read_tokens(char_data / "tiny" / f"{split}.bin"))
+        old_format(char_data / "tiny" / f"{split}.bin", tokens, meta["vocab_size"], "char")
+        np.testing.assert_array_equal(read_tokens(char_data / "tiny" / f"{split}.bin", meta), tokens)
     with pytest.raises(UserError) as info:
         read_tokens(char_data / "tiny" / "train.bin", GPT2_META)
     assert "holds char tokens" in str(info.value) and "gpt2" in str(info.value)
+    monkeypatch.chdir(tmp_path)
+    assert train.main(tiny_args(char_data, "tiny", tmp_path / "out", max_iters=2, eval_interval=2)) == 0
+    assert magic(char_data / "tiny" / "train.bin") == 20261123  # trained on as it is, never prepared over
 
 
 def test_train_refuses_token_files_of_another_vocabulary(char_data, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    tokens = np.asarray(read_tokens(char_data / "tiny" / "train.bin"))
-    write_tokens(char_data / "tiny" / "train.bin", tokens, GPT2_META)  # BPE-stamped tokens beside char meta
+    tokens = np.asarray(read_tokens(char_data / "tiny" / "train.bin")).copy()
+    tokens[5] = 1000  # a BPE id beside meta.json's 33 characters
+    write_tokens(char_data / "tiny" / "train.bin", tokens)
     with pytest.raises(SystemExit) as excinfo:
         train.main(tiny_args(char_data, "tiny", tmp_path / "out"))
-    assert_one_error_line(capsys, excinfo, "train.bin holds gpt2 tokens", "prepare the data again")
+    assert_one_error_line(capsys, excinfo, "train.bin holds token id 1,000, but meta.json beside it says char "
+                                           "with a vocabulary of 33", "prepare the data again")
 
 
 def test_write_tokens_refuses_ids_outside_the_vocabulary(tmp_path):
@@ -201,6 +228,7 @@ def test_llmc_shard_of_another_version_or_truncated(tmp_path):
         read_split(tmp_path, "train", GPT2_META)
 
 
+@pytest.mark.slow
 def test_train_on_llmc_shards_from_the_command_line(tmp_path):
     folder = tmp_path / "data" / "fineweb10B"
     rng = np.random.default_rng(0)

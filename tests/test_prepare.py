@@ -352,6 +352,15 @@ def test_prepare_script_runs(tmp_path):
     assert decode_file(out_dir / "train.bin", codec) + decode_file(out_dir / "val.bin", codec) == TEXT
 
 
+def test_prepare_script_writes_the_shipped_text_in_llmc_format(tmp_path):
+    out_dir = tmp_path / "shakespeare_char"
+    result = run_script("--out_dir", str(out_dir))  # no --input: the text that ships, no download
+    assert result.returncode == 0, result.stderr
+    header = np.fromfile(out_dir / "train.bin", dtype="<i4", count=3)
+    assert header[0] == 20240520 and header[1] == 1 and header[2] == 1_003_854  # 90% of 1,115,394 characters
+    assert read_meta(out_dir)["vocab_size"] == 65
+
+
 def test_prepare_script_missing_input(tmp_path):
     missing = tmp_path / "missing.txt"
     result = run_script("--input", str(missing), "--out_dir", str(tmp_path / "out"))

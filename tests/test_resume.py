@@ -191,6 +191,7 @@ def trained_copy(trained, tmp_path):
     ((6, 13), 4, "adamw"),  # resumed twice, neither stop an evaluation point
     ((7,), 5, "muon"),      # Muon's momentum carries over too
 ])
+@pytest.mark.slow
 def test_resume_gives_the_same_run(data_dir, tmp_path, monkeypatch, stops, eval_interval, optimizer):
     """Training to N in pieces (max_iters=k, then --init_from=resume to N) equals training to N at once."""
     monkeypatch.chdir(tmp_path)
@@ -251,6 +252,7 @@ def finish(proc):
     proc.wait(timeout=60)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_stops_with_a_checkpoint_and_resume_is_exact(data_dir, tmp_path, monkeypatch, sig):
     monkeypatch.chdir(tmp_path)
@@ -284,6 +286,7 @@ def test_signal_stops_with_a_checkpoint_and_resume_is_exact(data_dir, tmp_path, 
     assert untimed(metrics(out)) == untimed(metrics(straight))
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_leaves_a_loadable_checkpoint(data_dir, tmp_path, monkeypatch):
     """kill -9 during a run that saves at every step: ckpt.pt is always whole, a resume always
     works, cleans up half-written temporary files, and the end result is the uninterrupted run's."""

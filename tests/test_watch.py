@@ -190,6 +190,7 @@ def test_compare_names_a_folder_without_metrics(tmp_path, capsys):
                                              f"train.py wrote (its out_dir)"
 
 
+@pytest.mark.slow
 def test_no_bar_output_when_not_a_terminal(tiny_train_args, tmp_path):
     result = subprocess.run([sys.executable, "train.py", *with_args(tiny_train_args, max_iters=12, eval_interval=6)],
                             cwd=ROOT, capture_output=True, timeout=120)  # bytes: text mode would turn \r into \n
@@ -217,6 +218,7 @@ def wandb_env(tmp_path, **extra):
     return {**env, "HOME": str(tmp_path), "WANDB_DIR": str(tmp_path), "OMP_NUM_THREADS": "1", **extra}
 
 
+@pytest.mark.slow
 def test_wandb_offline_logs_the_metrics_and_settings(tiny_train_args, tmp_path):
     args = with_args(tiny_train_args, wandb_log=True, max_iters=10, eval_interval=5)
     result = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True,
@@ -229,6 +231,7 @@ def test_wandb_offline_logs_the_metrics_and_settings(tiny_train_args, tmp_path):
         assert key in logged, key
 
 
+@pytest.mark.slow
 def test_wandb_without_a_login_is_one_line_before_anything_is_written(tiny_train_args, tmp_path):
     args = with_args(tiny_train_args, wandb_log=True)
     result = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True,
