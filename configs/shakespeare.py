@@ -15,7 +15,7 @@ n_layer = 6
 n_head = 6
 n_embd = 384
 dropout = 0.2
-activation = "gelu_exact"  # nanoGPT's GELU; on a CPU ~2.5x faster than GPT-2's tanh form
+activation = "gelu_exact"  # nanoGPT's GELU, cheaper on a CPU than GPT-2's tanh form
 
 learning_rate = 1e-3  # a small model can take a larger learning rate
 max_iters = 5000

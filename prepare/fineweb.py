@@ -14,9 +14,8 @@ without it is unfinished.
 Disk: the download (Hub parquet files) and the Arrow copy datasets makes of it; for sample-10BT
 expect several tens of GB in the Hugging Face cache (--cache_dir puts it elsewhere; it may be
 deleted afterwards), plus the ~20 GB of token files. sample-100BT needs ten times as much.
-Time: the download and its Arrow copy, then tokenising: measured 3.5M tokens/s with one process
-and 6.5M with two on a 2-core CPU (see the README), so for sample-10BT ~50 minutes with one and
-6-8 with eight.
+Time: the download and its Arrow copy, then tokenising, which takes tens of minutes for sample-10BT on
+a few cores (docs/performance.md has the rates measured).
 This script never runs by itself from train.py: run it once, then
     python train.py --dataset=fineweb ...
 Every flag: python prepare/fineweb.py --help; the code is gptkit/corpus.py.

@@ -17,7 +17,6 @@ import sample
 import train
 from gptkit.checkpoint import CHECKPOINT_KEYS, load_checkpoint
 from gptkit.datasets import prepare_shakespeare_char
-from prepare import shakespeare_char
 from gptkit.data import read_meta
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""Large-corpus preparation (prepare/corpus.py, openwebtext.py, fineweb.py), offline: small local
+"""Large-corpus preparation (gptkit/corpus.py, prepare/openwebtext.py and fineweb.py), offline: small local
 json, jsonl, parquet and txt files stand in for the Hugging Face download."""
 
 import gzip
@@ -13,7 +13,7 @@ import pytest
 
 from gptkit.corpus import prepare_corpus
 from gptkit.datasets import ensure_data
-from prepare import fineweb, openwebtext
+from prepare import fineweb
 from gptkit.data import HEADER_BYTES, read_meta, read_tokens
 from gptkit.settings import UserError, run_cli
 

@@ -16,7 +16,7 @@ import pytest
 from gptkit import datasets
 from gptkit.files import atomic_write
 from gptkit.datasets import find_or_download, prepare_shakespeare, prepare_shakespeare_char, prepare_text
-from prepare import shakespeare, shakespeare_char, text
+from prepare import shakespeare_char, text
 from gptkit.data import CharCodec, read_meta, read_tokens, write_tokens
 from gptkit.settings import UserError, run_cli
 
