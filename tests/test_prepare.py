@@ -1,5 +1,6 @@
 """Data preparation: codecs, token files, metadata, downloads and the prepare script."""
 
+import hashlib
 import io
 import json
 import os
@@ -383,14 +384,17 @@ def test_tiktoken_codec_round_trip(gpt2_codec):
     assert max(ids) < gpt2_codec.vocab_size <= 2**16  # fits a token file
 
 
-SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+SHAKESPEARE = ROOT / "data" / "tinyshakespeare.txt"  # ships with the project
 
 
-@pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="tiny Shakespeare is not beside the project")
+def test_the_shipped_text_is_tiny_shakespeare():
+    assert hashlib.md5(SHAKESPEARE.read_bytes()).hexdigest() == "6fb458f1232090904fb40fe944165e91"
+
+
 def test_shakespeare_bpe_gives_nanogpts_counts(gpt2_codec, tmp_path):
     codec = gpt2_codec
     out_dir = tmp_path / "shakespeare"
-    prepare_shakespeare(out_dir, input_path=str(SHAKESPEARE))
+    prepare_shakespeare(out_dir)  # from the shipped text
     train, val = read_tokens(out_dir / "train.bin"), read_tokens(out_dir / "val.bin")
     assert (len(train), len(val)) == (301_966, 36_059)  # the counts nanoGPT's data/shakespeare documents
     assert train.dtype == np.uint16
