@@ -47,6 +47,7 @@ class SampleConfig:
     seed: int = 1337
     device: str = "auto"
     dtype: str = "auto"
+    compile: bool = False  # nanoGPT's flag, accepted; sampling here is not compiled (see sample())
 
     def __post_init__(self):
         # A shell passes "\n" as a backslash and an n: read \n, \t and \\ as escapes in prompt and stop.
@@ -91,6 +92,9 @@ def open_probs_file(path, stack, keep):
 
 def sample(config, out=None):
     out = out or sys.stdout
+    if config.compile:  # each token's step has a new shape of cache: compiling would recompile, not speed up
+        print("compile=True: sampling here runs uncompiled (each step's cache has a new length, which a "
+              "compiled model would recompile for); the KV cache is what makes it fast", file=sys.stderr)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     if config.init_from == "resume":

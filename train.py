@@ -40,7 +40,10 @@ def train(config):
                     evaluate(run)
                 if config.eval_only or it >= config.max_iters:
                     break
-                if run.procs.any(stop.signal is not None):  # every process stops at the same step
+                # Processes agree on stopping only where they meet anyway (a log line, an evaluation),
+                # so a plain step waits on no other process; every process stops at the same step.
+                agree = run.procs.world_size == 1 or due or it % config.log_interval == 0
+                if agree and run.procs.any(stop.signal is not None):
                     save_run(run)
                     log(f"stopped at iteration {it}; saved {run.out_dir / 'ckpt.pt'}. "
                         f"To continue, run the same command with --init_from=resume")
@@ -166,14 +169,15 @@ def log_step(run, lr, interval):
     """The log line and metrics row of the steps since the last one; interval starts again."""
     run.guard.flush()
     config, clock = run.config, run.clock
+    loss = run.procs.sum(run.guard.last_loss) / run.procs.world_size  # the mean over processes
     speed = run.tokens_per_step * interval.steps / interval.seconds
     mfu = run.mfu(speed)
-    log(f"iter {run.iter_num}/{config.max_iters}: loss {run.guard.last_loss:.4f}, lr {lr:.2e}, "
+    log(f"iter {run.iter_num}/{config.max_iters}: loss {loss:.4f}, lr {lr:.2e}, "
         f"{1000 * interval.seconds / interval.steps:.1f} ms/iter, {speed:,.0f} tok/s, "
         + (f"mfu {100 * mfu:.1f}%, " if mfu is not None else "")
         + f"{duration(clock.elapsed())} elapsed, {duration(clock.left(run.iter_num, config))} left")
     run.metrics.record({"iter": run.iter_num, "tokens": run.iter_num * run.tokens_per_step,
-                        "loss": run.guard.last_loss, "lr": lr, "grad_norm": run.guard.last_norm,
+                        "loss": loss, "lr": lr, "grad_norm": run.guard.last_norm,
                         "tokens_per_sec": round(speed, 1), "mfu": None if mfu is None else round(mfu, 5),
                         "elapsed": round(clock.elapsed(), 3)})
     interval.reset()
@@ -186,7 +190,7 @@ def announce(run):
     processes = f", {run.procs.world_size} processes" if run.procs.world_size > 1 else ""
     print(f"device {run.device}{processes}, dtype {run.dtype}; {run.tokens_per_step:,} tokens per step "
           f"({config.gradient_accumulation_steps} x {config.batch_size} x {config.block_size})")
-    print(f"mfu against {run.peak_source}")
+    print(f"mfu against {run.peak_source}" if run.peak else run.peak_source)
 
 
 def summary(run, steps):

@@ -112,9 +112,10 @@ def optimizer_state_by_name(saved, names):
 
 # ----------------------------------------------------------------------------- a training run's checkpoint
 
-def run_state(run):
+def run_state(run, rng_of_ranks):
     """Everything the rest of a training run depends on: the one definition of a checkpoint's
-    contents. With FSDP, whole tensors gathered on rank 0 (the others get nothing)."""
+    contents. With FSDP, whole tensors gathered on rank 0 (the others get nothing).
+    rng_of_ranks: every process's random states, in rank order."""
     model, optimizer = run.model.state_dict(), run.optimizer.state_dict()
     if run.sharded:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -126,7 +127,8 @@ def run_state(run):
         "optimizer": optimizer,
         "scaler": run.scaler.state_dict(),
         "sampler": run.sampler.state_dict(),
-        "rng": rng_states(),
+        "rng": rng_of_ranks[0],
+        "rng_of_ranks": rng_of_ranks,  # each process draws its own dropout
         "model_config": asdict(run.model.config),
         "train_config": asdict(run.config),
         "meta": run.meta,
@@ -143,7 +145,8 @@ def save_run(run, best=False):
     Under torchrun rank 0 writes: every rank holds the same weights and optimizer state (with
     FSDP every rank first sends rank 0 its shards, so the file is whole and loads anywhere)."""
     run.guard.flush()  # never save weights a step made nan
-    state = run_state(run) if run.procs.master or run.sharded else None
+    rng_of_ranks = run.procs.gather(rng_states())
+    state = run_state(run, rng_of_ranks) if run.procs.master or run.sharded else None
     if not run.procs.master:
         return
     try:
@@ -172,7 +175,12 @@ def restore_run(run, state):
     if run.scaler.is_enabled() and state["scaler"]:  # float16 only; a float32 run saved none
         run.scaler.load_state_dict(state["scaler"])
     run.sampler.load_state_dict(state["sampler"])
-    set_rng_states(state["rng"])
+    saved_ranks = state.get("rng_of_ranks", [state["rng"]])
+    if len(saved_ranks) == run.procs.world_size:
+        set_rng_states(saved_ranks[run.procs.rank])
+    else:  # the batches carry on exactly; dropout's draws cannot, with another number of processes
+        print(f"resuming on {run.procs.world_size} process(es) a run saved by {len(saved_ranks)}: each process "
+              f"draws fresh random streams (seed + rank) for dropout")
     run.clock.elapsed_before = state.get("elapsed", 0.0)
     print(f"resuming from {path} at iteration {run.iter_num}")
 

@@ -78,6 +78,14 @@ class Processes:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
+    def gather(self, value):
+        """[value of rank 0, value of rank 1, ...] on every rank (any picklable value)."""
+        if self.world_size == 1:
+            return [value]
+        values = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
+
     def barrier(self):
         if self.world_size > 1:
             dist.barrier()

@@ -1,6 +1,7 @@
 """Which device and precision a run uses, and the autocast that applies the precision."""
 
 import functools
+import re
 import time
 from contextlib import nullcontext
 
@@ -67,20 +68,37 @@ def fastest_cpu_dtype(model, x, y, dtypes=("float32", "bfloat16")):
     return (fastest if seconds[fastest] < 0.9 * seconds["float32"] else "float32"), seconds
 
 
-# Dense (no sparsity) tensor-core peaks in FLOP/s, from the makers' data sheets; float32 means
-# TF32 matmuls, which train.py turns on. The most specific name comes first.
+# Dense (no sparsity) tensor-core peaks in FLOP/s from the makers' data sheets, by the names
+# torch.cuda.get_device_name() returns ("NVIDIA H100 80GB HBM3", "Tesla T4"). float32 means TF32
+# matmuls, which train.py turns on (V100 and T4 have none: their plain float32). The first
+# pattern that matches decides; a GPU that none matches gets no MFU rather than a guess.
+H100_SXM = {"bfloat16": 989e12, "float16": 989e12, "float32": 495e12}
+H100_NVL = {"bfloat16": 835e12, "float16": 835e12, "float32": 418e12}
 GPU_PEAKS = [
-    ("H200", {"bfloat16": 989e12, "float16": 989e12, "float32": 495e12}),
-    ("H100 PCIe", {"bfloat16": 756e12, "float16": 756e12, "float32": 378e12}),
-    ("H100", {"bfloat16": 989e12, "float16": 989e12, "float32": 495e12}),
-    ("A100", {"bfloat16": 312e12, "float16": 312e12, "float32": 156e12}),
-    ("L40S", {"bfloat16": 362e12, "float16": 362e12, "float32": 183e12}),
-    ("L4", {"bfloat16": 121e12, "float16": 121e12, "float32": 60e12}),
-    ("RTX 4090", {"bfloat16": 165e12, "float16": 165e12, "float32": 82.6e12}),
-    ("RTX 3090", {"bfloat16": 71e12, "float16": 71e12, "float32": 35.6e12}),
-    ("V100", {"float16": 125e12, "float32": 15.7e12}),
-    ("T4", {"float16": 65e12, "float32": 8.1e12}),
+    (r"\bGH200\b", H100_SXM),  # Grace Hopper: an H100 (SXM) beside a Grace CPU
+    (r"\bH200 NVL\b", H100_NVL),
+    (r"\bH200\b", H100_SXM),
+    (r"\bH100 NVL\b", H100_NVL),
+    (r"\bH100 PCIe\b", {"bfloat16": 756e12, "float16": 756e12, "float32": 378e12}),
+    (r"\bH100\b.*\b(HBM3|SXM)", H100_SXM),
+    (r"\bA100\b", {"bfloat16": 312e12, "float16": 312e12, "float32": 156e12}),  # SXM4 and PCIe alike
+    (r"\bL40S\b", {"bfloat16": 362e12, "float16": 362e12, "float32": 183e12}),
+    (r"\bL40\b", {"bfloat16": 181e12, "float16": 181e12, "float32": 90.5e12}),
+    (r"\bL4\b", {"bfloat16": 121e12, "float16": 121e12, "float32": 60e12}),
+    (r"\bRTX 4090\b", {"bfloat16": 165e12, "float16": 165e12, "float32": 82.6e12}),
+    (r"\bRTX 3090\b", {"bfloat16": 71e12, "float16": 71e12, "float32": 35.6e12}),
+    (r"\bV100-SXM", {"float16": 125e12, "float32": 15.7e12}),
+    (r"\bV100-PCIE", {"float16": 112e12, "float32": 14e12}),
+    (r"\bT4\b", {"float16": 65e12, "float32": 8.1e12}),
 ]
+
+
+def gpu_peak(name, dtype):
+    """The data-sheet peak of the GPU torch names `name` in dtype, or None if unknown."""
+    for pattern, peaks in GPU_PEAKS:
+        if re.search(pattern, name):
+            return peaks.get(dtype)
+    return None
 
 
 def flops_per_token(model):
@@ -100,10 +118,10 @@ def peak_flops(device, dtype):
     kind = device.split(":")[0]
     if kind == "cuda":
         name = torch.cuda.get_device_name(device)
-        for key, peaks in GPU_PEAKS:
-            if key in name and dtype in peaks:
-                return peaks[dtype], f"{name}, {dtype}: {peaks[dtype] / 1e12:.0f} TFLOP/s (data sheet)"
-        return None, f"{name} is not in hardware.py's GPU_PEAKS"
+        peak = gpu_peak(name, dtype)
+        if peak is None:
+            return None, f"unknown GPU ({name}, {dtype}): MFU not shown"
+        return peak, f"{name}, {dtype}: {peak / 1e12:.0f} TFLOP/s (data sheet)"
     if kind == "cpu":
         flops = measured_cpu_matmul_flops(dtype)
         return flops, f"CPU, {dtype}, {torch.get_num_threads()} threads: {flops / 1e9:.0f} GFLOP/s (measured matmul)"

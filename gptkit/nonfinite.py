@@ -17,10 +17,10 @@ from gptkit.settings import UserError
 
 class NonfiniteGuard:
     """Checks each step's (iteration, loss, gradient norm), now or one step later. The last
-    checked loss (the mean over processes) and norm are kept for the log line."""
+    checked loss (this process's) and norm are kept for the log line."""
 
-    def __init__(self, mode, procs, scaler, out_dir):
-        self.mode, self.procs, self.scaler, self.out_dir = mode, procs, scaler, out_dir
+    def __init__(self, mode, scaler, out_dir):
+        self.mode, self.scaler, self.out_dir = mode, scaler, out_dir
         self.pending = None  # a step taken but not yet read back from the device
         self.last_loss = self.last_norm = None
 
@@ -47,9 +47,11 @@ class NonfiniteGuard:
             self.check(*taken)
 
     def check(self, it, loss, norm):
-        """Read a step's loss (the mean over processes) and norm back to the host; returns what
-        was wrong, or None. A problem stops the run, or with 'skip' is logged."""
-        self.last_loss = loss = self.procs.sum(float(loss)) / self.procs.world_size
+        """Read a step's loss and gradient norm back to the host; returns what was wrong, or None.
+        A problem stops the run, or with 'skip' is logged. No process waits on another here: the
+        norm is of the gradients every process shares, and a nan or inf loss on one process makes
+        them nan or inf on all, so all come to the same decision."""
+        self.last_loss = loss = float(loss)
         self.last_norm = norm = float(norm)
         # float16: an inf gradient means the loss scale is too high; the scaler skips that step
         # and lowers the scale, routine and not the run's problem.

@@ -62,8 +62,13 @@ class TrainingRun:
         if self.sharded and config.optimizer == "muon":
             raise UserError("optimizer='muon' needs each matrix whole, and fsdp=True shards them across processes; "
                             "set fsdp=False (every process then holds the whole model) or optimizer='adamw'")
+        if self.sharded and self.dtype == "float16":
+            raise UserError("dtype=float16 needs a gradient scaler whose inf check agrees across processes, which "
+                            "fsdp=True does not give; use --dtype=bfloat16 (or float32), or fsdp=False")
         if self.sharded:
             shard(self.model)
+        if self.procs.world_size > 1:  # the weights began alike; from here each process draws its own dropout
+            seed_everything(config.seed + self.procs.rank)
         self.optimizer = configure_optimizer(self.model, config.weight_decay, config.learning_rate,
                                              (config.beta1, config.beta2), self.device_type, config.optimizer)
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype == "float16")
@@ -71,7 +76,7 @@ class TrainingRun:
         self.tokens_per_step = config.gradient_accumulation_steps * config.batch_size * config.block_size
         self.micro_steps = config.gradient_accumulation_steps // self.procs.world_size  # on each process
         self.clock = Clock()
-        self.guard = NonfiniteGuard(config.nonfinite_loss, self.procs, self.scaler, self.out_dir)
+        self.guard = NonfiniteGuard(config.nonfinite_loss, self.scaler, self.out_dir)
         if saved:
             restore_run(self, saved)
         elif (self.out_dir / "ckpt.pt").exists() and not config.eval_only:

@@ -403,3 +403,42 @@ def test_gpt3_schedule_reads_the_size_before_it():
     assert config.min_lr == pytest.approx(0.6e-5) and config.n_embd == 12288 and config.vocab_size == 50257
     small = load_settings(TrainConfig, [str(gpt3 / "125m.py"), str(gpt3 / "schedule.py")])
     assert small.max_iters == 300_000_000_000 // (8 * 32 * 2048)
+
+
+# Every flag of nanoGPT's train.py and sample.py (karpathy/nanoGPT, master), with a value its
+# users pass: its command lines run here unchanged.
+NANOGPT_TRAIN_FLAGS = {
+    "out_dir": "out", "eval_interval": "2000", "log_interval": "1", "eval_iters": "200", "eval_only": "False",
+    "always_save_checkpoint": "True", "init_from": "scratch", "wandb_log": "False", "wandb_project": "owt",
+    "wandb_run_name": "gpt2", "dataset": "openwebtext", "gradient_accumulation_steps": "40", "batch_size": "12",
+    "block_size": "1024", "n_layer": "12", "n_head": "12", "n_embd": "768", "dropout": "0.0", "bias": "False",
+    "learning_rate": "6e-4", "max_iters": "600000", "weight_decay": "1e-1", "beta1": "0.9", "beta2": "0.95",
+    "grad_clip": "1.0", "decay_lr": "True", "warmup_iters": "2000", "lr_decay_iters": "600000", "min_lr": "6e-5",
+    "backend": "nccl", "device": "cpu", "dtype": "float16", "compile": "False",
+}
+NANOGPT_SAMPLE_FLAGS = {
+    "init_from": "resume", "out_dir": "out", "start": "FILE:prompt.txt", "num_samples": "10",
+    "max_new_tokens": "500", "temperature": "0.8", "top_k": "200", "seed": "1337", "device": "cpu",
+    "dtype": "float16", "compile": "True",
+}
+
+
+@pytest.mark.parametrize("flag, value", NANOGPT_TRAIN_FLAGS.items())
+def test_every_flag_of_nanogpts_train_py_is_a_setting(flag, value):
+    config = load_settings(TrainConfig, [f"--{flag}={value}"])
+    assert flag in config.explicit and str(getattr(config, flag)) in (value, str(float(value)) if
+                                                                      value[0].isdigit() else value)
+
+
+@pytest.mark.parametrize("flag, value", NANOGPT_SAMPLE_FLAGS.items())
+def test_every_flag_of_nanogpts_sample_py_is_a_setting(flag, value):
+    config = load_settings(sample.SampleConfig, [f"--{flag}={value}"])
+    assert flag in config.explicit
+
+
+def test_sampling_with_nanogpts_compile_flag_says_why_it_does_not_apply(tiny_train_args, tmp_path, capsys):
+    assert train.main(tiny_train_args + ["--max_iters=2", "--eval_interval=2"]) == 0
+    capsys.readouterr()
+    assert sample.main([f"--out_dir={tmp_path / 'out'}", "--compile=True", "--max_new_tokens=3", "--device=cpu"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("compile=True: sampling here runs uncompiled"), err

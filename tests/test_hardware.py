@@ -95,25 +95,30 @@ def test_a_compiler_that_fails_is_one_line_and_exit_status_2(tiny_train_args, mo
     assert len(err.strip().splitlines()) == 1, err
 
 
-@pytest.mark.parametrize("name, dtype, peak", [
-    ("NVIDIA H100 80GB HBM3", "bfloat16", 989e12),
-    ("NVIDIA H100 PCIe", "bfloat16", 756e12),
-    ("NVIDIA H200", "float32", 495e12),
-    ("NVIDIA A100-SXM4-80GB", "bfloat16", 312e12),
-    ("NVIDIA L4", "float16", 121e12),
-    ("NVIDIA GeForce RTX 4090", "bfloat16", 165e12),
-    ("Tesla V100-SXM2-16GB", "float16", 125e12),
-])
-def test_gpu_peak_by_name(monkeypatch, name, dtype, peak):
+# The names torch.cuda.get_device_name() returns, with each one's dense bfloat16 (float16 for
+# V100 and T4) peak from its data sheet, in TFLOP/s.
+GPU_NAMES = [
+    ("NVIDIA A100-SXM4-40GB", "bfloat16", 312), ("NVIDIA A100-SXM4-80GB", "bfloat16", 312),
+    ("NVIDIA A100 80GB PCIe", "bfloat16", 312), ("NVIDIA H100 80GB HBM3", "bfloat16", 989),
+    ("NVIDIA H100 PCIe", "bfloat16", 756), ("NVIDIA H100 NVL", "bfloat16", 835), ("NVIDIA H200", "bfloat16", 989),
+    ("NVIDIA L4", "bfloat16", 121), ("NVIDIA L40", "bfloat16", 181), ("NVIDIA L40S", "bfloat16", 362),
+    ("NVIDIA GeForce RTX 4090", "bfloat16", 165), ("NVIDIA GeForce RTX 3090", "bfloat16", 71),
+    ("Tesla V100-SXM2-16GB", "float16", 125), ("Tesla T4", "float16", 65), ("NVIDIA GH200 480GB", "bfloat16", 989),
+]
+
+
+@pytest.mark.parametrize("name, dtype, tflops", GPU_NAMES)
+def test_gpu_peak_by_the_name_torch_gives(monkeypatch, name, dtype, tflops):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
     flops, source = hardware.peak_flops("cuda", dtype)
-    assert flops == peak and name in source and "data sheet" in source
+    assert flops == tflops * 1e12 and name in source and "data sheet" in source
 
 
-def test_unknown_gpu_has_no_peak(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some Future GPU")
+@pytest.mark.parametrize("name", ["Some Future GPU", "NVIDIA H100", "NVIDIA L4000", "NVIDIA A10"])
+def test_an_unknown_gpu_gets_no_mfu_rather_than_a_guess(monkeypatch, name):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
     flops, source = hardware.peak_flops("cuda", "bfloat16")
-    assert flops is None and "GPU_PEAKS" in source
+    assert flops is None and source == f"unknown GPU ({name}, bfloat16): MFU not shown"
 
 
 def test_cpu_peak_is_measured_for_the_dtype():
