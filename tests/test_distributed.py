@@ -146,3 +146,133 @@ def test_fsdp_on_two_processes_checkpoints_whole_and_matches_one(char_data, tmp_
     texts = sample.sample(sample.SampleConfig(out_dir=str(tmp_path / "fsdp"), max_new_tokens=10, device="cpu"),
                           out=io.StringIO())
     assert len(texts[0]) == 10
+
+
+DROPOUT_PROBE = '''
+import sys
+import numpy as np
+import torch
+from gptkit.settings import load_settings
+from gptkit.train_settings import TrainConfig
+from gptkit.training import TrainingRun
+
+run = TrainingRun(load_settings(TrainConfig, sys.argv[1:]))
+x, _ = run.sampler.batch("val", rng=np.random.default_rng(0))  # the same batch on every process
+run.model.train()
+logits, _ = run.model(x.long())
+outputs = run.procs.gather(logits.detach())
+weights = run.procs.gather(run.model.transformer.wte.weight.detach().clone())
+if run.procs.master:
+    print("same weights:", torch.equal(weights[0], weights[1]))
+    print("same dropout:", torch.equal(outputs[0], outputs[1]))
+run.close()
+'''
+
+
+def torchrun_script(code, args, cwd, nproc=2, timeout=120):
+    script = Path(cwd) / "probe.py"
+    script.write_text(code)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               str(script), *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_each_process_draws_its_own_dropout_from_the_same_weights(char_data, tmp_path):
+    result = torchrun_script(DROPOUT_PROBE, settings(char_data, tmp_path / "out", dropout=0.2), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "same weights: True" in result.stdout and "same dropout: False" in result.stdout, result.stdout
+
+
+def weights_equal(a, b):
+    wa, wb = load_checkpoint(Path(a) / "ckpt.pt")["model"], load_checkpoint(Path(b) / "ckpt.pt")["model"]
+    return sorted(wa) == sorted(wb) and all(torch.equal(wa[name], wb[name]) for name in wa)
+
+
+@pytest.mark.slow
+def test_dropout_under_torchrun_resumes_exactly_and_anew_on_another_count(char_data, tmp_path):
+    """A 2-process run with dropout stopped and resumed on 2 processes equals, weight for weight,
+    one that never stopped: each process's random streams are in the checkpoint. Resumed on 1
+    process it goes on with fresh streams, and says so."""
+    whole = torchrun(settings(char_data, tmp_path / "whole", dropout=0.2), tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    first = torchrun(settings(char_data, tmp_path / "stopped", dropout=0.2, max_iters=5), tmp_path)
+    assert first.returncode == 0, first.stderr
+    shutil.copytree(tmp_path / "stopped", tmp_path / "on-one")
+    again = torchrun(settings(char_data, tmp_path / "stopped", dropout=0.2, init_from="resume"), tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert losses(tmp_path / "whole") == losses(tmp_path / "stopped")
+    assert weights_equal(tmp_path / "whole", tmp_path / "stopped")
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"),
+                             *settings(char_data, tmp_path / "on-one", dropout=0.2, init_from="resume")],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "resuming on 1 process(es) a run saved by 2: each process draws fresh random streams" in result.stdout
+    assert load_checkpoint(tmp_path / "on-one" / "ckpt.pt")["iter_num"] == 10
+
+
+COLLECTIVE_COUNTER = f'''
+import json, os, sys
+import torch.distributed as dist
+sys.path.insert(0, {str(ROOT)!r})  # train.py is a script of the checkout, not installed
+import train
+
+calls, marks = [], []
+all_reduce = dist.all_reduce
+dist.all_reduce = lambda *args, **kwargs: calls.append(1) or all_reduce(*args, **kwargs)
+train_step = train.train_step
+
+def counted_step(run, lr):
+    marks.append((run.iter_num, len(calls)))  # our collectives before this step began
+    return train_step(run, lr)
+
+train.train_step = counted_step
+train.main(sys.argv[1:])
+if os.environ["RANK"] == "0":
+    print("MARKS", json.dumps(marks))
+'''
+
+
+def test_a_step_that_neither_logs_nor_evaluates_waits_on_no_other_process(char_data, tmp_path):
+    """Our own collectives (the stop agreement, the logged loss's mean, evaluation) come only at
+    log lines and evaluations; between them a step exchanges its gradients and nothing else."""
+    args = settings(char_data, tmp_path / "out", max_iters=12, log_interval=4, eval_interval=8, lr_decay_iters=12)
+    result = torchrun_script(COLLECTIVE_COUNTER, args, tmp_path)
+    assert result.returncode == 0, result.stderr
+    marks = json.loads(result.stdout.split("MARKS", 1)[1])
+    between = {it: later - before for (it, before), (_, later) in zip(marks, marks[1:])}  # step it -> it + 1
+    quiet = [it for it in between if (it + 1) % 4 and (it + 1) % 8]
+    assert quiet == [0, 1, 2, 4, 5, 6, 8, 9, 10]
+    assert all(between[it] == 0 for it in quiet), between
+    assert between[3] > 0  # the log line at 4: the loss's mean over processes, and the stop agreement
+
+
+@pytest.mark.slow
+def test_a_stop_signal_lands_every_process_on_one_step_with_a_checkpoint(char_data, tmp_path):
+    """SIGINT reaching one process only stops both after the same step (they agree at the next
+    log line): one checkpoint of that step, and the resumed run equals the one that never stopped."""
+    args = settings(char_data, tmp_path / "out", max_iters=800, eval_interval=400, eval_iters=1, log_interval=50,
+                    lr_decay_iters=800, dropout=0.1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(ROOT / "train.py"), *args]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None and not any(
+            row[0] >= 100 for row in (losses(tmp_path / "out") if (tmp_path / "out" / "metrics.jsonl").exists() else [])):
+        time.sleep(0.02)
+    workers = sorted(int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and worker_of(p, tmp_path))
+    assert len(workers) == 2 and proc.poll() is None, "the run ended before it could be stopped"
+    os.kill(workers[1], signal.SIGINT)  # the other process is told nothing
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert out.count("stopped at iteration") == 1, out
+    stopped_at = int(out.split("stopped at iteration ")[1].split(";")[0])
+    assert load_checkpoint(tmp_path / "out" / "ckpt.pt")["iter_num"] == stopped_at < 800
+    resumed = torchrun(settings(char_data, tmp_path / "out", max_iters=800, eval_interval=400, eval_iters=1,
+                                log_interval=50, lr_decay_iters=800, dropout=0.1, init_from="resume"), tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    whole = torchrun(settings(char_data, tmp_path / "whole", max_iters=800, eval_interval=400, eval_iters=1,
+                              log_interval=50, lr_decay_iters=800, dropout=0.1), tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    assert weights_equal(tmp_path / "whole", tmp_path / "out")

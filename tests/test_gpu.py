@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import train

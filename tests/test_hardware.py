@@ -168,6 +168,16 @@ def test_side_by_side_benchmark_names_a_missing_nanogpt_checkout(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_the_gpu_check_without_a_gpu_is_one_line_and_exit_status_2(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), f"--out={tmp_path / 'r.json'}"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr.strip().splitlines() == ["error: no CUDA GPU here (torch.cuda.is_available() is False); run "
+                                                  "the GPU checks on a machine with one"]
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 @pytest.mark.parametrize("device, message", [("cuda", "device=cuda but CUDA is not available here"),
                                              ("mps", "--device must be cpu, cuda or cuda:N, got 'mps'")])
 def test_side_by_side_benchmark_names_a_device_it_cannot_use(tmp_path, device, message):
