@@ -141,7 +141,7 @@ KINDS = {  # kind of parameter: the shape of its matrices (for the table)
 }
 MATRICES = [kind for kind in KINDS if kind not in ("position embedding", "layer norms", "biases")]
 PARAMETER_KINDS = [  # (a pattern a parameter's name matches, its kind); the first match decides
-    (r"\.ln_", "layer norms"),
+    (r"\.ln_|\.attn\.[qk]_norm\.", "layer norms"),  # with qk_norm: each head's query and key norms too
     (r"\.bias$", "biases"),
     (r"\.wte\.weight$", "token embedding"),  # tied: also the unembedding, one tensor counted once
     (r"\.wpe\.weight$", "position embedding"),
@@ -352,8 +352,9 @@ def attention_weights(model, idx):
     """(n_layer, n_head, T, T): each layer's and head's attention weights on idx (1, T), row i the
     distribution over positions 0..i that the model's forward pass averages the values with."""
     _, _, inputs = trace(model, idx)
+    rotary = model.rotary(0, idx.size(1))
     with torch.no_grad():
-        return torch.cat([attention.attention_weights(*block.attn.heads(x)[:2], is_causal=True)
+        return torch.cat([attention.attention_weights(*block.attn.heads(x, rotary)[:2], is_causal=True)
                           for block, x in zip(model.transformer.h, inputs)])
 
 
@@ -486,7 +487,9 @@ def logit_lens(model, streams):
     the residual stream at each depth, through the final LayerNorm and the unembedding as forward
     applies them after the last block (so the last row is the model's own logits)."""
     with torch.no_grad():
-        return model.lm_head(model.transformer.ln_f(streams))
+        logits = model.lm_head(model.transformer.ln_f(streams))
+        cap = model.config.logit_softcap
+        return cap * torch.tanh(logits / cap) if cap else logits
 
 
 def lens_view(config, files):

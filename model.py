@@ -14,12 +14,29 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 
+class ReLU2(nn.Module):
+    """relu(x)^2, the MLP nonlinearity of Primer (So et al., 2021) and modded-nanogpt."""
+
+    def forward(self, x):
+        return F.relu(x).square()
+
+
+class SwiGLU(nn.Module):
+    """silu(a) * b of the two halves (a, b) of its input: a gate and a value (Shazeer, 2020)."""
+
+    def forward(self, x):
+        a, b = x.chunk(2, dim=-1)
+        return F.silu(a) * b
+
+
 # GPT-2 used the tanh approximation of GELU, so its weights load exactly with 'gelu';
 # nanoGPT's models were trained with the exact form.
 ACTIVATIONS = {
     "gelu": lambda: nn.GELU(approximate="tanh"),
     "gelu_exact": nn.GELU,
     "relu": nn.ReLU,
+    "relu2": ReLU2,
+    "swiglu": SwiGLU,
 }
 
 
@@ -32,8 +49,16 @@ class GPTConfig:
     n_embd: int = 768  # width of the residual stream
     dropout: float = 0.0  # 0 for pretraining; 0.1+ helps small data sets
     bias: bool = True  # biases in Linear and LayerNorm layers, as in GPT-2
-    pos_encoding: str = "learned"  # 'learned' (GPT-2) or 'sinusoidal' (fixed, as in Attention Is All You Need)
-    activation: str = "gelu"  # MLP nonlinearity: 'gelu' (GPT-2's tanh form), 'gelu_exact' (nanoGPT's) or 'relu'
+    # 'learned' (GPT-2), 'sinusoidal' (fixed, added to the embedding, as in Attention Is All You
+    # Need) or 'rope' (rotary: queries and keys turned by their position, as in most newer GPTs)
+    pos_encoding: str = "learned"
+    # MLP nonlinearity: 'gelu' (GPT-2's tanh form), 'gelu_exact' (nanoGPT's), 'relu', 'relu2'
+    # (relu squared) or 'swiglu' (gated; its hidden layer 8/3 wide, for the parameters of 4x)
+    activation: str = "gelu"
+    norm: str = "layernorm"  # 'layernorm' (GPT-2) or 'rmsnorm' (scale only, no mean subtracted)
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys before their dot product
+    tie_embeddings: bool = True  # the output layer is the token embedding (GPT-2), or a matrix of its own
+    logit_softcap: float = 0.0  # > 0: logits = c * tanh(logits / c), bounded by c (Gemma 2); 0: off
 
     def __post_init__(self):
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -43,10 +68,24 @@ class GPTConfig:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.pos_encoding not in ("learned", "sinusoidal"):
-            raise ValueError(f"pos_encoding must be 'learned' or 'sinusoidal', got {self.pos_encoding!r}")
+        if self.pos_encoding not in ("learned", "sinusoidal", "rope"):
+            raise ValueError(f"pos_encoding must be 'learned', 'sinusoidal' or 'rope', got {self.pos_encoding!r}")
+        if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"pos_encoding='rope' turns pairs of channels: the head size n_embd / n_head "
+                             f"({self.n_embd // self.n_head}) must be even")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if self.norm not in ("layernorm", "rmsnorm"):
+            raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
+        if not self.logit_softcap >= 0:
+            raise ValueError(f"logit_softcap must be >= 0 (0 turns it off), got {self.logit_softcap}")
+
+
+def make_norm(config, size=None):
+    """The normalisation the config names, over the last `size` channels (default n_embd)."""
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(size or config.n_embd, eps=1e-5)
+    return nn.LayerNorm(size or config.n_embd, bias=config.bias)
 
 
 class KVCache:
@@ -89,18 +128,27 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        if config.qk_norm:
+            self.q_norm = make_norm(replace(config, norm="rmsnorm"), config.n_embd // config.n_head)
+            self.k_norm = make_norm(replace(config, norm="rmsnorm"), config.n_embd // config.n_head)
 
-    def heads(self, x):
-        """x (B, T, C) -> q, k, v, each (B, nh, T, hs): every head's queries, keys and values."""
+    def heads(self, x, rotary=None):
+        """x (B, T, C) -> q, k, v, each (B, nh, T, hs): every head's queries, keys and values;
+        queries and keys normalised (qk_norm) and turned by their positions (rotary: cos, sin)."""
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        return [t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v)]
+        q, k, v = [t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+                   for t in self.c_attn(x).split(self.n_embd, dim=2)]
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rotary is not None:
+            q, k = rotate(q, *rotary), rotate(k, *rotary)
+        return q, k, v
 
-    def forward(self, x, cache=None, only_last=False):
+    def forward(self, x, rotary=None, cache=None, only_last=False):
         """x (B, T, C) -> (B, T, C), or (B, 1, C) with only_last: the last position's output
         alone (sampling needs no other), though every position still gives its key and value."""
         B, T, C = x.size()
-        q, k, v = self.heads(x)  # (B, nh, T, hs) each
+        q, k, v = self.heads(x, rotary)  # (B, nh, T, hs) each
         past = 0
         if cache is not None:
             past = cache.length
@@ -122,14 +170,31 @@ class CausalSelfAttention(nn.Module):
                                               dropout_p=self.dropout if self.training else 0.0)
 
 
+def rotate(x, cos, sin):
+    """Rotary position embedding: each pair of channels (i, i + hs/2) of x (B, nh, T, hs) turned
+    by the angle of its position times the pair's frequency (cos, sin: (T, hs/2)). A query and a
+    key then meet at the angle between their positions: attention sees relative positions only."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+def rotary_angles(block_size, head_size, base=10000.0):
+    """(block_size, head_size / 2): position t times frequency base^(-2i / head_size)."""
+    frequency = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
+    return torch.arange(block_size, dtype=torch.float32)[:, None] * frequency
+
+
 class MLP(nn.Module):
-    """At each position on its own: widen 4x, apply the nonlinearity, project back."""
+    """At each position on its own: widen 4x, apply the nonlinearity, project back. SwiGLU
+    widens to two 8/3 halves, a gate and a value, which keeps the parameters of 4x."""
 
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        hidden = round(8 * config.n_embd / 3) if config.activation == "swiglu" else 4 * config.n_embd
+        widened = 2 * hidden if config.activation == "swiglu" else hidden
+        self.c_fc = nn.Linear(config.n_embd, widened, bias=config.bias)
         self.act = ACTIVATIONS[config.activation]()
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
@@ -137,17 +202,17 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm: normalise, transform, add back to the residual stream."""
+    """Pre-norm: normalise, transform, add back to the residual stream."""
 
     def __init__(self, config, layer):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config, layer)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None, only_last=False):
-        x = (x[:, -1:] if only_last else x) + self.attn(self.ln_1(x), cache, only_last)
+    def forward(self, x, rotary=None, cache=None, only_last=False):
+        x = (x[:, -1:] if only_last else x) + self.attn(self.ln_1(x), rotary, cache, only_last)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -173,18 +238,21 @@ class GPT(nn.Module):
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            ln_f=make_norm(config),
         ))
         if config.pos_encoding == "learned":
             self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
+        elif config.pos_encoding == "rope":  # a function of the config: not a parameter, not saved
+            self.register_buffer("rope_angles", rotary_angles(config.block_size, config.n_embd // config.n_head),
+                                 persistent=False)
         else:  # not a parameter and not saved: it is the same function of the config every time
             # sin and cos have RMS 1/sqrt(2), far above the token embeddings' 0.02: scaled to
             # RMS 0.02, the position no longer drowns the token after the first LayerNorm.
             table = sinusoidal_positions(config.block_size, config.n_embd) * 0.02 * math.sqrt(2)
             self.register_buffer("pos_table", table, persistent=False)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # Tied unembedding: the output projection IS the token embedding (one tensor).
-        self.transformer.wte.weight = self.lm_head.weight
+        if config.tie_embeddings:  # the output projection IS the token embedding (one tensor)
+            self.transformer.wte.weight = self.lm_head.weight
 
         self.apply(self._init_weights)
         # GPT-2: scale the projections that write into the residual stream by 1/sqrt(2 * n_layer),
@@ -200,18 +268,31 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def num_params(self, non_embedding=True):
-        """Parameters, each counted once. Position embeddings are left out by default, as the
-        usual model-size figures do; the token embedding stays in, since it is also the output."""
+        """Parameters, each counted once. Embeddings (lookups) are left out by default, as the usual
+        model-size figures do; a tied token embedding stays in, since it is also the output."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding and self.config.pos_encoding == "learned":
             n -= self.transformer.wpe.weight.numel()
+        if non_embedding and not self.config.tie_embeddings:
+            n -= self.transformer.wte.weight.numel()
         return n
 
     def positions(self, start, length, device):
+        """What the embedding adds for positions start..start+length-1, (T, C); 0 for rope,
+        which turns queries and keys instead (rotary)."""
         pos = torch.arange(start, start + length, device=device)
         if self.config.pos_encoding == "learned":
-            return self.transformer.wpe(pos)  # (T, C)
-        return self.pos_table[pos]  # (T, C)
+            return self.transformer.wpe(pos)
+        if self.config.pos_encoding == "rope":
+            return 0
+        return self.pos_table[pos]
+
+    def rotary(self, start, length):
+        """(cos, sin), each (T, hs/2), of positions start..start+length-1, or None without rope."""
+        if self.config.pos_encoding != "rope":
+            return None
+        angles = self.rope_angles[start : start + length]
+        return angles.cos(), angles.sin()
 
     def forward(self, idx, targets=None, cache=None, only_last=False):
         """idx (B, T) token ids -> logits (B, T, vocab_size), or (B, 1, vocab_size) with
@@ -222,12 +303,15 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {past + T} tokens is longer than block_size {self.config.block_size}")
         x = self.transformer.wte(idx) + self.positions(past, T, idx.device)  # (B, T, C)
         x = self.transformer.drop(x)
+        rotary = self.rotary(past, T)
         for layer, block in enumerate(self.transformer.h):
             # only_last: the final block computes the last position alone (~1/n_layer of the work saved)
-            x = block(x, cache, only_last=only_last and layer == self.config.n_layer - 1)
+            x = block(x, rotary, cache, only_last=only_last and layer == self.config.n_layer - 1)
         if cache is not None:
             cache.length += T
         logits = self.lm_head(self.transformer.ln_f(x))
+        if self.config.logit_softcap:  # bounded in (-c, c), and all but linear near 0
+            logits = self.config.logit_softcap * torch.tanh(logits / self.config.logit_softcap)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
@@ -240,6 +324,8 @@ class GPT(nn.Module):
         self.config.block_size = block_size
         if self.config.pos_encoding == "learned":
             self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+        elif self.config.pos_encoding == "rope":
+            self.rope_angles = self.rope_angles[:block_size]
         else:
             self.pos_table = self.pos_table[:block_size]
 

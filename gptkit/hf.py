@@ -127,13 +127,29 @@ def gpt2_meta(model, init_from):
     return GPT2_META
 
 
+def not_gpt2(config):
+    """The first setting of a model's config that GPT-2's architecture has no room for, as
+    'name=value', or None."""
+    for name, gpt2 in (("pos_encoding", ("learned", "sinusoidal")), ("norm", ("layernorm",)),
+                       ("qk_norm", (False,)), ("activation", tuple(ACTIVATION_TO_HF)), ("tie_embeddings", (True,)),
+                       ("logit_softcap", (0.0,))):
+        if getattr(config, name) not in gpt2:
+            return f"{name}={getattr(config, name)!r}"
+    return None
+
+
 def export_gpt2(model, codec, folder):
     """Write model (a GPT) as a Hugging Face GPT-2 folder that transformers loads to the same logits.
     GPT-2's format has room for all our options: sinusoidal positions are written as the position
     table they are, a model without biases gets zero biases, and relu and exact GELU are named in
-    config.json. The vocabulary is cut to the data's (padding rows are never a token)."""
+    config.json. The vocabulary is cut to the data's (padding rows are never a token). The newer
+    options GPT-2's format has no room for are refused (not_gpt2)."""
     from safetensors.torch import save_file
 
+    problem = not_gpt2(model.config)
+    if problem:
+        raise UserError(f"this model has {problem}, which a Hugging Face GPT-2 folder cannot hold; only a model "
+                        f"of GPT-2's shape exports (train one without that setting)")
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"--to {folder} is a file; name a folder to write the model into")

@@ -39,8 +39,12 @@ class TrainConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = False  # biases in Linear and LayerNorm layers (GPT-2 had them; slightly faster without)
-    pos_encoding: str = "learned"  # 'learned' or 'sinusoidal'
-    activation: str = "gelu"  # 'gelu' (GPT-2's tanh form), 'gelu_exact' or 'relu'
+    pos_encoding: str = "learned"  # 'learned' (GPT-2), 'sinusoidal' or 'rope' (rotary)
+    activation: str = "gelu"  # 'gelu' (GPT-2's tanh form), 'gelu_exact', 'relu', 'relu2' or 'swiglu'
+    norm: str = "layernorm"  # 'layernorm' (GPT-2) or 'rmsnorm'
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys before attention
+    tie_embeddings: bool = True  # the output layer is the token embedding (GPT-2); False: its own matrix
+    logit_softcap: float = 0.0  # > 0: logits = c * tanh(logits / c); 0: off
     vocab_size: Optional[int] = None  # None: the data's vocabulary (BPE padded up to a multiple of 64)
     # optimizer
     optimizer: str = "adamw"  # 'adamw', or 'muon': Muon for the matrices inside the blocks, AdamW for the rest
@@ -102,6 +106,8 @@ class TrainConfig:
 
 MODEL_SETTINGS = [f.name for f in fields(GPTConfig)]
 SHAPE_SETTINGS = [name for name in MODEL_SETTINGS if name != "dropout"]  # fixed by a checkpoint's weights
+OPTION_DEFAULTS = {f.name: f.default for f in fields(GPTConfig)
+                   if f.name not in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd")}
 
 
 def given_settings(config):
@@ -116,7 +122,9 @@ def given_settings(config):
 def settings_for_model(config, saved, source, crop=False):
     """config with the model shape `saved` (a checkpoint's model_config, or pretrained weights'):
     as nanoGPT resumes, the config file may leave the shape out, and a shape setting the user
-    gave that differs is a mistake. crop: a shorter block_size than the model's may be set."""
+    gave that differs is a mistake. crop: a shorter block_size than the model's may be set.
+    An option a model_config does not name (one saved before the option existed) is its default."""
+    saved = {**OPTION_DEFAULTS, **saved}
     given = given_settings(config)
     fixed = [k for k in SHAPE_SETTINGS if not (crop and k == "block_size" and config.block_size <= saved[k])]
     differ = [f"{k}={saved.get(k)!r} (settings: {getattr(config, k)!r})" for k in fixed

@@ -178,6 +178,7 @@ def torchrun_script(code, args, cwd, nproc=2, timeout=120):
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_each_process_draws_its_own_dropout_from_the_same_weights(char_data, tmp_path):
     result = torchrun_script(DROPOUT_PROBE, settings(char_data, tmp_path / "out", dropout=0.2), tmp_path)
     assert result.returncode == 0, result.stderr
@@ -233,6 +234,7 @@ if os.environ["RANK"] == "0":
 '''
 
 
+@pytest.mark.slow
 def test_a_step_that_neither_logs_nor_evaluates_waits_on_no_other_process(char_data, tmp_path):
     """Our own collectives (the stop agreement, the logged loss's mean, evaluation) come only at
     log lines and evaluations; between them a step exchanges its gradients and nothing else."""
