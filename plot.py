@@ -4,6 +4,7 @@ any number of runs on one picture, or in the terminal, to compare experiments.
     python plot.py out-a out-b                      # compare.png: val loss (and train loss, faint) of each run
     python plot.py out-* --label learning_rate      # label each run by a setting (from its ckpt.pt)
     python plot.py out-a out-b --terminal           # the same curves as text, for a machine with no display
+    python plot.py out-char out-bpe --y bpb         # val bits per byte: runs with different tokenizers compare
 """
 
 import sys
@@ -32,6 +33,8 @@ def main(argv=None):
     parser.add_argument("--out", default="compare.png", help="the picture to write (default: compare.png)")
     parser.add_argument("--label", default="", help="comma-separated settings to label runs by, e.g. learning_rate")
     parser.add_argument("--terminal", action="store_true", help="draw the curves as text instead of a picture")
+    parser.add_argument("--y", choices=["loss", "bpb"], default="loss",
+                        help="loss, or bpb: val bits per byte, for runs with different tokenizers")
 
     def compare(args):
         args = parser.parse_args(args)
@@ -47,7 +50,7 @@ def main(argv=None):
             print(terminal_chart(runs))
             return
         try:
-            save_png(compare_figure(runs), args.out)
+            save_png(compare_figure(runs, args.y), args.out)
         except OSError as e:
             raise UserError(f"cannot write {args.out}: {e.strerror}; choose another --out") from None
         print(f"wrote {args.out}: {len(runs)} runs")

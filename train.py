@@ -9,6 +9,7 @@ Settings: the defaults in gptkit/train_settings.py, then each config file in ord
 precision, data, model, optimizer, resume) is gptkit/training.py's.
 """
 
+import math
 import sys
 import time
 
@@ -101,22 +102,28 @@ def train_step(run, lr):
 
 @torch.no_grad()
 def estimate_loss(run):
-    """The mean loss over eval_iters batches of each split: the same batches every time."""
+    """{split: (mean loss, bits per byte)} over eval_iters batches of each split, the same
+    batches every time. Bits per byte: the summed cross-entropy in bits over the UTF-8 bytes of
+    text the predicted tokens stand for, which compares models of different vocabularies."""
     run.model.eval()
     losses, procs = {}, run.procs
     with progress(total=2 * run.config.eval_iters, desc="evaluating", unit="batch") as bar:
         for split in ("train", "val"):
-            total = torch.zeros((), device=run.device)  # summed where it is computed: no wait per batch
+            # summed where they are computed, no wait per batch: loss, then bits and bytes
+            total = torch.zeros(3, dtype=torch.float64, device=run.device)
             batches = run.sampler.eval_batches(split, run.config.eval_iters)
             share = batches[procs.rank :: procs.world_size]  # each process its share
             rounds = -(-len(batches) // procs.world_size) if run.sharded else len(share)
             for i in range(rounds):  # FSDP: every process runs as many forwards (each gathers weights)
+                x, y = run.to_device(*(share[i] if i < len(share) else batches[0]))
                 with run.autocast:
-                    _, loss = run.model(*run.to_device(*(share[i] if i < len(share) else batches[0])))
+                    _, loss = run.model(x, y)
                 if i < len(share):
-                    total += loss.float()
+                    total += torch.stack([loss.double(), loss.double() * y.numel() / math.log(2),
+                                          run.token_bytes[y].sum().double()])
                 bar.update(procs.world_size)
-            losses[split] = procs.sum(total.item()) / run.config.eval_iters
+            loss, bits, text_bytes = (procs.sum(value) for value in total.tolist())
+            losses[split] = (loss / run.config.eval_iters, bits / text_bytes if text_bytes else math.nan)
     run.model.train()
     run.last_eval_iter = run.iter_num
     return losses
@@ -127,10 +134,14 @@ def evaluate(run):
     setting) and best.pt when it improves. Weights whose loss is not finite are never saved."""
     run.guard.flush()  # a step that made the weights nan is named as such
     config, it, started = run.config, run.iter_num, time.perf_counter()
-    losses = estimate_loss(run)
+    estimates = estimate_loss(run)
+    losses = {split: loss for split, (loss, _) in estimates.items()}
     run.metrics.record({"iter": it, "tokens": it * run.tokens_per_step, "train_loss": losses["train"],
-                        "val_loss": losses["val"], "elapsed": round(run.clock.elapsed(), 3)})
+                        "val_loss": losses["val"], "train_bpb": estimates["train"][1], "val_bpb": estimates["val"][1],
+                        "elapsed": round(run.clock.elapsed(), 3)})
     report = f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+    if math.isfinite(estimates["val"][1]):
+        report += f" ({estimates['val'][1]:.4f} bits per byte)"
     if not config.eval_only:
         run.guard.check_evaluation(losses, it)
     improved = losses["val"] < run.best_val_loss

@@ -300,6 +300,17 @@ def codec_from_meta(meta):
     return CharCodec(meta["chars"]) if meta["codec"] == "char" else TiktokenCodec(meta["encoding"])
 
 
+def token_bytes(meta):
+    """The UTF-8 bytes of text each token of the vocabulary stands for, (vocab_size,) int64:
+    what bits per byte divides by. Special tokens (<|endoftext|>) stand for no text: 0."""
+    if meta["codec"] == "char":
+        return torch.tensor([len(ch.encode("utf-8")) for ch in meta["chars"]])
+    encoding = codec_from_meta(meta).encoding
+    special = {encoding.encode_single_token(name) for name in encoding.special_tokens_set}
+    return torch.tensor([0 if i in special else len(encoding.decode_single_token_bytes(i))
+                         for i in range(meta["vocab_size"])])
+
+
 # ----------------------------------------------------------------------------- batches
 
 def model_vocab_size(meta, setting=None):

@@ -52,21 +52,25 @@ def loss_figure(rows, title=None):
     return figure
 
 
-def compare_figure(runs):
-    """runs: {label: rows}. Each run's val loss (solid) and training-step loss (faint), one colour a run."""
+def compare_figure(runs, y="loss"):
+    """runs: {label: rows}. Each run's val loss (solid) and training-step loss (faint), one colour a
+    run; y='bpb': val bits per byte alone, which compares runs with different vocabularies."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(8, 4.5), dpi=100, layout="constrained")
     ax = figure.add_subplot()
+    key = "val_bpb" if y == "bpb" else "val_loss"
     for i, (label, rows) in enumerate(runs.items()):
         steps, evals = split_rows(rows)
+        evals = [r for r in evals if r.get(key) is not None]  # runs from before bpb was logged have none
         color = f"C{i % 10}"
-        ax.plot([r["iter"] for r in steps], [r["loss"] for r in steps], color=color, alpha=0.25, linewidth=1)
-        best = min((r["val_loss"] for r in evals), default=math.nan)
-        ax.plot([r["iter"] for r in evals], [r["val_loss"] for r in evals], "o-", color=color, markersize=3,
+        if y == "loss":
+            ax.plot([r["iter"] for r in steps], [r["loss"] for r in steps], color=color, alpha=0.25, linewidth=1)
+        best = min((r[key] for r in evals), default=math.nan)
+        ax.plot([r["iter"] for r in evals], [r[key] for r in evals], "o-", color=color, markersize=3,
                 label=f"{label} (best val {best:.4f})")
     ax.set_xlabel("iteration")
-    ax.set_ylabel("loss (solid: val, faint: train step)")
+    ax.set_ylabel("val bits per byte" if y == "bpb" else "loss (solid: val, faint: train step)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return figure

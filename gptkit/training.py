@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gptkit.checkpoint import load_checkpoint, restore_run
 from gptkit.cpu import keep_freed_memory, use_cpu_kernels
-from gptkit.data import BatchSampler, dataset_meta, model_vocab_size, tokenizer_name
+from gptkit.data import BatchSampler, dataset_meta, model_vocab_size, token_bytes, tokenizer_name
 from gptkit.datasets import ensure_data
 from gptkit.distributed import Processes, shard
 from gptkit.hardware import (autocast_context, enable_tf32, fastest_cpu_dtype, flops_per_token, peak_flops,
@@ -52,6 +52,7 @@ class TrainingRun:
                             f"{tokenizer_name(self.meta)} tokens; prepare the data with prepare/shakespeare.py "
                             f"or prepare/text.py --tokenizer gpt2")
         self.sampler = BatchSampler(data_dir, self.meta, config.block_size, config.batch_size, config.seed)
+        self.token_bytes = self.text_bytes_of_tokens()
         vocab_size = model_vocab_size(self.meta, config.vocab_size)
         self.model = (pretrained or GPT(config.model_config(vocab_size))).to(self.device)
         if saved:
@@ -88,6 +89,16 @@ class TrainingRun:
         self.flops_per_token = sum(flops_per_token(self.model)["training"])
         wandb = start_wandb(config) if config.wandb_log and not config.eval_only and self.procs.master else None
         self.metrics = self.open_out_dir(saved["metrics_lines"] if saved else 0, wandb)
+
+    def text_bytes_of_tokens(self):
+        """token_bytes of the data's vocabulary on the device, for bits per byte. Training needs no
+        tokenizer: where its files are not at hand (GPT-2's BPE offline), every token counts 0
+        bytes and bits per byte is not shown."""
+        try:
+            return token_bytes(self.meta).to(self.device)
+        except UserError as e:
+            print(f"bits per byte not shown: {e}")
+            return torch.zeros(self.meta["vocab_size"], dtype=torch.long, device=self.device)
 
     def starting_point(self, config):
         """(settings, checkpoint or None, pretrained GPT or None): where the weights come from.

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STEP_FIELDS = {"iter": int, "tokens": int, "loss": float, "lr": float, "grad_norm": float,
                "tokens_per_sec": float, "mfu": float, "elapsed": float}
-EVAL_FIELDS = {"iter": int, "tokens": int, "train_loss": float, "val_loss": float, "elapsed": float}
+EVAL_FIELDS = {"iter": int, "tokens": int, "train_loss": float, "val_loss": float, "train_bpb": float, "val_bpb": float,
+               "elapsed": float}
 
 
 def arg_value(args, key):
@@ -157,6 +158,12 @@ def test_compare_draws_every_run(tiny_train_args, tmp_path, monkeypatch, capsys)
         assert line.get_label().startswith(str(run))
         assert list(line.get_ydata()) == [r["val_loss"] for r in read_metrics(run / "metrics.jsonl")
                                           if "val_loss" in r]
+    bpb = plot.compare_figure({str(r): read_metrics(r / "metrics.jsonl") for r in runs}, y="bpb")
+    for run, line in zip(runs, bpb.axes[0].get_lines()):  # --y bpb: val bits per byte alone, a line a run
+        assert list(line.get_ydata()) == [r["val_bpb"] for r in read_metrics(run / "metrics.jsonl") if "val_bpb" in r]
+    assert len(bpb.axes[0].get_lines()) == len(runs) and "bits per byte" in bpb.axes[0].get_ylabel()
+    assert plot.main([str(r) for r in runs] + ["--out", str(tmp_path / "bpb.png"), "--y", "bpb"]) == 0
+    assert_png(tmp_path / "bpb.png")
     capsys.readouterr()
     assert plot.main([str(r) for r in runs] + ["--terminal", "--label", "learning_rate"]) == 0
     text = capsys.readouterr().out
