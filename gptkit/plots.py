@@ -29,8 +29,9 @@ def loss_figure(rows, title=None):
         ax.plot([r["iter"] for r in evals], [r["val_loss"] for r in evals], "o-", color="tab:orange",
                 markersize=3, label="val loss")
         best = min(evals, key=lambda r: r["val_loss"])
+        bpb = f", {best['val_bpb']:.4f} bits per byte" if best.get("val_bpb") is not None else ""
         ax.plot([best["iter"]], [best["val_loss"]], "*", color="tab:red", markersize=14,
-                label=f"best val {best['val_loss']:.4f} (iter {best['iter']})")
+                label=f"best val {best['val_loss']:.4f} (iter {best['iter']}{bpb})")
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)

@@ -128,8 +128,9 @@ def test_loss_png_holds_the_curves_of_the_run(trained_run):
     assert list(lines["train loss (eval)"].get_ydata()) == [r["train_loss"] for r in evals]
     assert list(lines["train loss (step)"].get_xdata()) == [r["iter"] for r in steps]
     best = min(evals, key=lambda r: r["val_loss"])
-    marker = next(line for label, line in lines.items() if label.startswith("best val"))
+    label, marker = next((label, line) for label, line in lines.items() if label.startswith("best val"))
     assert list(marker.get_xdata()) == [best["iter"]] and list(marker.get_ydata()) == [best["val_loss"]]
+    assert label == f"best val {best['val_loss']:.4f} (iter {best['iter']}, {best['val_bpb']:.4f} bits per byte)"
     assert list(lr_axis.get_lines()[0].get_ydata()) == [r["lr"] for r in steps]
 
 
