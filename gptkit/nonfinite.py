@@ -24,16 +24,20 @@ class NonfiniteGuard:
         self.pending = None  # a step taken but not yet read back from the device
         self.last_loss = self.last_norm = None
 
+    @property
+    def checks_first(self):
+        """With 'skip', or float16's scaler (which reads the gradients back anyway), a step is
+        checked before the optimizer takes it."""
+        return self.mode == "skip" or self.scaler.is_enabled()
+
     def may_step(self, it, loss, norm):
-        """Whether the optimizer may take this step: checked now with 'skip' or float16, else
-        taken, and checked by deferred() once the next step is queued."""
-        if self.mode == "skip" or self.scaler.is_enabled():
-            return self.check(it, loss, norm) is None
-        return True
+        """Whether the optimizer may take this step: checked now if checks_first, else taken,
+        and checked by deferred() once the next step is queued."""
+        return self.check(it, loss, norm) is None if self.checks_first else True
 
     def deferred(self, it, loss, norm):
         """After a step was taken unchecked: keep it, and check the one before it."""
-        if self.mode == "skip" or self.scaler.is_enabled():
+        if self.checks_first:
             return
         previous, self.pending = self.pending, (it, loss, norm)
         if previous is not None:

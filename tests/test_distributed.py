@@ -118,6 +118,7 @@ def worker_of(proc_dir, tmp_path):
     ({"device": "cuda:1"}, "each process takes the GPU of its LOCAL_RANK"),
     ({"backend": "nccl"}, "backend=nccl needs GPUs"),
     ({"fsdp": True, "optimizer": "muon"}, "optimizer='muon' needs each matrix whole"),
+    ({"fsdp": True, "dtype": "float16"}, "dtype=float16 needs a gradient scaler whose inf check agrees"),
 ])
 @pytest.mark.slow
 def test_mistakes_under_torchrun_are_one_line_not_a_hang(char_data, tmp_path, extra, fragment):
