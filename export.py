@@ -2,8 +2,9 @@
 
     python export.py --out_dir=out-shakespeare --to=hf/shakespeare
 
-The folder holds config.json and model.safetensors, and for GPT-2 BPE models the tokenizer
-(vocab.json, merges.txt), so that transformers loads it and gives the same logits:
+The folder holds config.json and model.safetensors, and the tokenizer of a BPE model (GPT-2's:
+vocab.json, merges.txt; the data's own: tokenizer.json), so that transformers loads it and
+gives the same logits:
 
     from transformers import GPT2LMHeadModel, AutoTokenizer
     model = GPT2LMHeadModel.from_pretrained("hf/shakespeare")
@@ -11,6 +12,7 @@ The folder holds config.json and model.safetensors, and for GPT-2 BPE models the
 
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from gptkit.checkpoint import find_checkpoint
@@ -32,7 +34,7 @@ def export(config):
     path = find_checkpoint(config.out_dir, config.checkpoint)
     model, codec = load_model(path, "cpu")
     export_gpt2(model, codec, config.to)
-    files = "config.json, model.safetensors" + (", vocab.json, merges.txt" if codec.eot_token is not None else "")
+    files = ", ".join(sorted(path.name for path in Path(config.to).iterdir()))
     print(f"{path} -> {config.to} ({files}); load it with "
           f"transformers.GPT2LMHeadModel.from_pretrained({str(config.to)!r})")
 

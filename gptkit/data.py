@@ -22,11 +22,13 @@ from gptkit.settings import UserError, reason
 LLMC_MAGIC, LLMC_VERSION, HEADER_INTS, HEADER_BYTES = 20240520, 1, 256, 1024
 OLD_MAGIC, OLD_NAME_OFFSET, OLD_NAME_BYTES = 20261123, 64, 64
 VOCAB_CHECKED = 1 << 20  # a run checks the ids of a file's first million tokens against meta.json
+TOKENIZER_FILE, END_OF_TEXT = "tokenizer.json", "<|endoftext|>"  # a BPE of the data's own
+BPE_SIZES = (257, 65535)  # a byte-level BPE: the 256 bytes and <|endoftext|>, up to what uint16 holds
 
 
 def tokenizer_name(meta):
-    """'char', or the tiktoken encoding ('gpt2')."""
-    return "char" if meta["codec"] == "char" else meta["encoding"]
+    """'char', 'bpe' (the data's own), or the tiktoken encoding ('gpt2')."""
+    return meta["encoding"] if meta["codec"] == "tiktoken" else meta["codec"]
 
 
 def token_header(count):
@@ -128,14 +130,23 @@ def write_dataset(out_dir, train, val, meta):
 
 
 def write_meta(data_dir, meta):
+    """meta.json, and for a BPE of the data's own its tokenizer.json beside it (written first)."""
+    if "tokenizer" in meta:
+        with atomic_write(Path(data_dir) / TOKENIZER_FILE, "w") as f:
+            f.write(meta["tokenizer"])
     with atomic_write(Path(data_dir) / "meta.json", "w") as f:
-        json.dump(meta, f, indent=1)
+        json.dump({key: value for key, value in meta.items() if key != "tokenizer"}, f, indent=1)
 
 
 def read_meta(data_dir):
+    """A data folder's meta.json; a BPE's tokenizer.json comes with it as meta['tokenizer'] (the
+    JSON text), so a checkpoint of the run holds its tokenizer."""
     path = Path(data_dir) / "meta.json"
     try:
         meta = json.loads(path.read_text())
+        if isinstance(meta, dict) and meta.get("codec") == "bpe":
+            path = Path(data_dir) / TOKENIZER_FILE
+            meta["tokenizer"] = path.read_text(encoding="utf-8")
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {path} ({e}); prepare the data again") from None
     problem = meta_problem(meta)
@@ -155,13 +166,18 @@ def meta_problem(meta):
             return "'chars' must be a non-empty string of distinct characters"
         if vocab_size != len(chars):
             return f"'vocab_size' must equal the number of characters ({len(chars)})"
+    elif codec == "bpe":
+        if not isinstance(meta.get("tokenizer"), str):
+            return "'tokenizer' must be the text of a tokenizer.json"
+        if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or not BPE_SIZES[0] <= vocab_size <= BPE_SIZES[1]:
+            return f"'vocab_size' must be an integer from {BPE_SIZES[0]} to {BPE_SIZES[1]}"
     elif codec == "tiktoken":
         if not isinstance(meta.get("encoding"), str):
             return "'encoding' must name a tiktoken encoding"
         if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 1:
             return "'vocab_size' must be a positive integer"
     else:
-        return f"unknown codec {codec!r} (expected 'char' or 'tiktoken')"
+        return f"unknown codec {codec!r} (expected 'char', 'bpe' or 'tiktoken')"
     return None
 
 
@@ -295,9 +311,37 @@ class TiktokenCodec:
         return self.encoding.decode(list(ids))
 
 
+class BPECodec:
+    """A byte-level BPE learned from the data's own text (prepare/text.py --tokenizer bpe) with
+    Hugging Face's tokenizers: 256 byte tokens, the merges, and <|endoftext|> last, as GPT-2's."""
+
+    def __init__(self, tokenizer_json):
+        from tokenizers import Tokenizer
+
+        try:
+            self.tokenizer = Tokenizer.from_str(tokenizer_json)
+        except Exception as e:
+            raise UserError(f"cannot read the data's tokenizer ({reason(e, 120)}); prepare the data again") from None
+        self.vocab_size = self.tokenizer.get_vocab_size()
+        self.eot_token = self.tokenizer.token_to_id(END_OF_TEXT)
+
+    def encode(self, text):
+        return self.tokenizer.encode(text).ids
+
+    def decode(self, ids):
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def token_bytes(self):
+        """Each token's length in bytes: a byte-level token's text has one character a byte."""
+        special = set(self.tokenizer.get_added_tokens_decoder())
+        return [0 if i in special else len(self.tokenizer.id_to_token(i)) for i in range(self.vocab_size)]
+
+
 def codec_from_meta(meta):
     """The codec that metadata checked by meta_problem names."""
-    return CharCodec(meta["chars"]) if meta["codec"] == "char" else TiktokenCodec(meta["encoding"])
+    if meta["codec"] == "char":
+        return CharCodec(meta["chars"])
+    return BPECodec(meta["tokenizer"]) if meta["codec"] == "bpe" else TiktokenCodec(meta["encoding"])
 
 
 def token_bytes(meta):
@@ -305,6 +349,8 @@ def token_bytes(meta):
     what bits per byte divides by. Special tokens (<|endoftext|>) stand for no text: 0."""
     if meta["codec"] == "char":
         return torch.tensor([len(ch.encode("utf-8")) for ch in meta["chars"]])
+    if meta["codec"] == "bpe":
+        return torch.tensor(BPECodec(meta["tokenizer"]).token_bytes())
     encoding = codec_from_meta(meta).encoding
     special = {encoding.encode_single_token(name) for name in encoding.special_tokens_set}
     return torch.tensor([0 if i in special else len(encoding.decode_single_token_bytes(i))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gptkit.data import GPT2_META, CharCodec, TiktokenCodec, is_prepared, write_dataset
+from gptkit.data import BPE_SIZES, END_OF_TEXT, GPT2_META, CharCodec, TiktokenCodec, is_prepared, write_dataset
 from gptkit.files import atomic_write
 from gptkit.runlog import progress
 from gptkit.settings import ArgumentParser, UserError
@@ -132,26 +132,82 @@ def tokenize(texts, tokenizer):
         codec = CharCodec("".join(sorted(set(text))))
         if codec.vocab_size > 2**16:
             raise UserError(f"the text has {codec.vocab_size:,} distinct characters; at most 65,536 fit a "
-                            f"token file: use --tokenizer gpt2")
+                            f"token file: use --tokenizer bpe or gpt2")
         return np.array(codec.encode(text), dtype=np.uint16), {"codec": "char", "vocab_size": codec.vocab_size,
                                                                 "chars": codec.chars}
     codec = TiktokenCodec("gpt2")
+    return documents_to_ids(texts, codec.encoding.encode_ordinary, codec.eot_token), dict(GPT2_META)
+
+
+def documents_to_ids(texts, encode, eot_token):
+    """The documents' tokens as uint16, an end-of-text token between one document and the next."""
     ids = []
     for i, text in enumerate(texts):
-        ids.extend(([codec.eot_token] if i else []) + codec.encoding.encode_ordinary(text))
-    return np.array(ids, dtype=np.uint16), {"codec": "tiktoken", "encoding": "gpt2", "vocab_size": codec.vocab_size}
+        ids.extend(([eot_token] if i else []) + encode(text))
+    return np.array(ids, dtype=np.uint16)
 
 
-def prepare_text(out_dir, input_path, tokenizer="char", val_fraction=0.1):
-    """input_path (a file or a folder) -> out_dir/train.bin, val.bin and meta.json."""
-    if tokenizer not in ("char", "gpt2"):
-        raise UserError(f"--tokenizer must be char or gpt2, got {tokenizer!r}")
+def split_documents(texts, val_fraction):
+    """(train, val) lists of documents: the first 1 - val_fraction of the characters, the
+    document it ends in cut in two."""
+    total = sum(len(t) for t in texts)
+    left = int(total * (1 - val_fraction))
+    for i, text in enumerate(texts):
+        if left <= len(text):
+            return texts[:i] + [text[:left]], [text[left:]] + texts[i + 1:]
+        left -= len(text)
+    return texts, []
+
+
+def train_bpe(texts, vocab_size):
+    """A byte-level BPE of vocab_size tokens learned from texts with Hugging Face's tokenizers:
+    the 256 bytes (so any text round-trips), merges of GPT-2's pre-split pieces (words, numbers,
+    punctuation, spaces), <|endoftext|> last. Returns (its JSON, an encode of ordinary text)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    low, high = BPE_SIZES
+    if not low <= vocab_size <= high:
+        raise UserError(f"--vocab_size must be from {low} (the 256 bytes and <|endoftext|>) to {high:,} (what a "
+                        f"token file's uint16 holds), got {vocab_size}")
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # GPT-2's split, then bytes
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer)
+    ordinary = Tokenizer.from_str(tokenizer.to_str())  # text in a document is text, even "<|endoftext|>"
+    tokenizer.add_special_tokens([END_OF_TEXT])
+    if tokenizer.get_vocab_size() < vocab_size:
+        most = tokenizer.get_vocab_size()
+        raise UserError(f"the training text has only {most - 257:,} pairs worth merging, so a vocabulary of "
+                        f"{most:,} at most, not {vocab_size:,}: give a smaller --vocab_size or more text")
+    return tokenizer.to_str(), lambda text: ordinary.encode(text).ids
+
+
+def prepare_text(out_dir, input_path, tokenizer="char", val_fraction=0.1, vocab_size=None):
+    """input_path (a file or a folder) -> out_dir/train.bin, val.bin and meta.json (and for bpe,
+    tokenizer.json: a BPE of vocab_size tokens learned from the training split alone)."""
+    if tokenizer not in ("char", "bpe", "gpt2"):
+        raise UserError(f"--tokenizer must be char, bpe or gpt2, got {tokenizer!r}")
+    if (vocab_size is not None) != (tokenizer == "bpe"):
+        raise UserError("--tokenizer bpe needs --vocab_size N (e.g. 1024), and only bpe takes it")
     files = source_files(input_path)
-    ids, meta = tokenize([read_text(f) for f in files], tokenizer)
-    split = int(len(ids) * (1 - val_fraction))
-    write_dataset(out_dir, ids[:split], ids[split:], meta)
-    print(f"{input_path}: {len(files):,} file(s), {len(ids):,} tokens ({tokenizer}), vocabulary of "
-          f"{meta['vocab_size']:,}; train {split:,} tokens, val {len(ids) - split:,} tokens -> {out_dir}")
+    texts = [read_text(f) for f in files]
+    if tokenizer == "bpe":
+        train_texts, val_texts = split_documents(texts, val_fraction)
+        if not "".join(train_texts) or not "".join(val_texts):
+            raise UserError(f"{input_path} is too short to split into train and val text; give it more text")
+        tokenizer_json, encode = train_bpe(train_texts, vocab_size)
+        eot_token = vocab_size - 1
+        train, val = (documents_to_ids([t for t in part if t], encode, eot_token) for part in (train_texts, val_texts))
+        meta = {"codec": "bpe", "vocab_size": vocab_size, "tokenizer": tokenizer_json}
+    else:
+        ids, meta = tokenize(texts, tokenizer)
+        split = int(len(ids) * (1 - val_fraction))
+        train, val = ids[:split], ids[split:]
+    write_dataset(out_dir, train, val, meta)
+    print(f"{input_path}: {len(files):,} file(s), {len(train) + len(val):,} tokens ({tokenizer}), vocabulary of "
+          f"{meta['vocab_size']:,}; train {len(train):,} tokens, val {len(val):,} tokens -> {out_dir}")
 
 
 def prepare_from_source(prepare, doc, argv=None):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from gptkit.data import GPT2_META
+from gptkit.data import END_OF_TEXT, GPT2_META, TOKENIZER_FILE, BPECodec
 from gptkit.files import atomic_write
 from gptkit.settings import UserError, reason
 from model import GPT, GPTConfig
@@ -169,7 +169,9 @@ def export_gpt2(model, codec, folder):
     tensors["ln_f.weight"] = ours["transformer.ln_f.weight"]
     tensors["ln_f.bias"] = ours.get("transformer.ln_f.bias", torch.zeros(C))
     tensors = {f"transformer.{k}": v.detach().float().cpu().contiguous() for k, v in tensors.items()}
-    eot = codec.eot_token if getattr(codec, "encoding", None) and codec.encoding.name == "gpt2" else None
+    gpt2_bpe = getattr(codec, "encoding", None) is not None and codec.encoding.name == "gpt2"
+    own_bpe = isinstance(codec, BPECodec)
+    eot = codec.eot_token if gpt2_bpe or own_bpe else None
     hf_config = {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": vocab_size,
         "n_positions": config.block_size, "n_ctx": config.block_size, "n_embd": C, "n_layer": config.n_layer,
@@ -182,10 +184,22 @@ def export_gpt2(model, codec, folder):
     tmp = folder / ".model.safetensors.tmp"
     save_file(tensors, tmp, metadata={"format": "pt"})
     os.replace(tmp, folder / "model.safetensors")
-    if eot is not None:
+    if gpt2_bpe:
         write_gpt2_tokenizer(folder, config.block_size)
+    if own_bpe:
+        write_own_tokenizer(folder, codec, config.block_size)
     with atomic_write(folder / "config.json", "w") as f:  # last: a folder without it is unfinished
         json.dump(hf_config, f, indent=2)
+
+
+def write_own_tokenizer(folder, codec, max_length):
+    """The data's own BPE as tokenizer.json, which transformers' AutoTokenizer reads as a fast
+    tokenizer that encodes exactly as the codec does."""
+    with atomic_write(Path(folder) / TOKENIZER_FILE, "w") as f:
+        f.write(codec.tokenizer.to_str())
+    with atomic_write(Path(folder) / "tokenizer_config.json", "w") as f:
+        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_length,
+                   "bos_token": END_OF_TEXT, "eos_token": END_OF_TEXT, "unk_token": END_OF_TEXT}, f, indent=2)
 
 
 def write_gpt2_tokenizer(folder, max_length):

@@ -473,8 +473,8 @@ def test_own_text_gpt2_puts_end_of_text_between_files(gpt2_codec, tmp_path):
 @pytest.mark.parametrize("make_args, fragment", [
     (lambda t: ["--input", str(t / "nope"), "--out_dir", str(t / "out")], "input not found"),
     (lambda t: ["--input", str(t / "empty"), "--out_dir", str(t / "out")], "holds no files"),
-    (lambda t: ["--input", str(t / "texts"), "--out_dir", str(t / "out"), "--tokenizer", "bpe"],
-     "--tokenizer must be char or gpt2"),
+    (lambda t: ["--input", str(t / "texts"), "--out_dir", str(t / "out"), "--tokenizer", "wordpiece"],
+     "--tokenizer must be char, bpe or gpt2"),
     (lambda t: ["--input", str(t / "texts")], "the following arguments are required: --out_dir (see"),
     (lambda t: ["--input", str(t / "texts"), "--out_dir", str(t / "out"), "--tokenzer=gpt2"],
      "unrecognized arguments: --tokenzer=gpt2"),
