@@ -18,11 +18,11 @@ from gptkit.checkpoint import find_checkpoint
 from gptkit.cpu import use_cpu_kernels
 from gptkit.data import GPT2_META, TiktokenCodec
 from gptkit.hardware import autocast_context, resolve_device, resolve_dtype
-from gptkit.hellaswag import HellaSwag, check_vocabulary, hellaswag_file
+from gptkit.hellaswag import HellaSwag, check_vocabulary, hellaswag_file, not_gpt2_bpe
 from gptkit.hf import PRETRAINED, is_pretrained, load_gpt2
 from gptkit.runlog import duration
 from gptkit.sampling import load_model
-from gptkit.settings import UserError, load_settings, run_cli
+from gptkit.settings import load_settings, run_cli
 
 
 @dataclass
@@ -58,10 +58,8 @@ def load(config, device):
         check_vocabulary(codec, path)
         return model, codec, str(path)
     model = load_gpt2(config.init_from).to(device).eval()
-    if model.config.vocab_size < GPT2_META["vocab_size"]:
-        raise UserError(f"init_from={config.init_from} has a vocabulary of {model.config.vocab_size:,} tokens, not "
-                        f"GPT-2's BPE; HellaSwag is scored in GPT-2's BPE, as GPT-2's figures are: use a model trained on "
-                        f"GPT-2 BPE data")
+    if model.config.vocab_size < GPT2_META["vocab_size"]:  # a folder export.py wrote from a character model
+        raise not_gpt2_bpe(f"init_from={config.init_from}", f"{model.config.vocab_size:,} tokens")
     return model, TiktokenCodec("gpt2"), config.init_from
 
 

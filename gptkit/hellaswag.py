@@ -60,8 +60,12 @@ def check_vocabulary(codec, source, remedy="use a model trained on GPT-2 BPE dat
     """HellaSwag's figures are GPT-2's, in GPT-2's BPE: a model that reads other tokens is refused."""
     if not (getattr(codec, "encoding", None) and codec.encoding.name == "gpt2"):
         kind = "characters" if isinstance(codec, CharCodec) else "tokens"
-        raise UserError(f"{source} reads a vocabulary of {codec.vocab_size:,} {kind}, not GPT-2's BPE; HellaSwag is "
-                        f"scored in GPT-2's BPE, as GPT-2's figures are: {remedy}")
+        raise not_gpt2_bpe(source, f"{codec.vocab_size:,} {kind}", remedy)
+
+
+def not_gpt2_bpe(source, vocabulary, remedy="use a model trained on GPT-2 BPE data"):
+    return UserError(f"{source} reads a vocabulary of {vocabulary}, not GPT-2's BPE; HellaSwag is scored in "
+                     f"GPT-2's BPE, as GPT-2's figures are: {remedy}")
 
 
 def render(example, codec, block_size):
@@ -141,12 +145,13 @@ class HellaSwag:
             with autocast:
                 summed, mean = ending_losses(model, tokens, mask)
             if i < len(self.batches):
-                correct += torch.stack([(loss.view(-1, ENDINGS).argmin(dim=1) == labels).sum() for loss in (summed, mean)])
+                chosen = [loss.view(-1, ENDINGS).argmin(dim=1) for loss in (summed, mean)]  # (n,) each
+                correct += torch.stack([(choice == labels).sum() for choice in chosen])
                 examples += len(labels)
         model.train(was_training)
         return *correct.tolist(), examples
 
 
 def idle_batch():
-    """A forward's worth for a process with no batch left (one row, context and ending one token each)."""
+    """A forward for a process with no batch left to run: 4 rows of two tokens."""
     return torch.zeros(ENDINGS, 2, dtype=torch.long), torch.ones(ENDINGS, 2, dtype=torch.bool), torch.zeros(1)

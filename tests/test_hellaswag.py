@@ -161,6 +161,16 @@ def test_a_character_model_is_refused_in_one_line(tmp_path, capsys):
     assert_one_error_line(capsys, info, "ckpt.pt reads a vocabulary of 30 characters, not GPT-2's BPE")
 
 
+def test_a_folder_of_another_vocabulary_is_refused_in_one_line(tmp_path, capsys):
+    """What export.py writes from a character model: a GPT-2 folder of a small vocabulary."""
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=65, n_positions=16, n_embd=16, n_layer=1,
+                                                         n_head=2)).save_pretrained(tmp_path / "chars")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        hellaswag.main([f"--init_from={tmp_path / 'chars'}", f"--hellaswag_file={EXAMPLES}", "--device=cpu"])
+    assert_one_error_line(capsys, info, "chars reads a vocabulary of 65 tokens, not GPT-2's BPE")
+
+
 def test_no_network_and_no_file_is_one_line_naming_both(gpt2_model, gpt2_codec, tmp_path, monkeypatch, capsys):
     folder, _ = gpt2_model
 
