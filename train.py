@@ -129,19 +129,29 @@ def estimate_loss(run):
     return losses
 
 
+def hellaswag_accuracy(run):
+    """(acc, acc_norm) on HellaSwag's examples, each process scoring its share."""
+    correct, correct_norm, _ = run.hellaswag.count_correct(run.model, run.device, run.autocast, run.hellaswag_forwards)
+    return run.procs.sum(correct) / run.hellaswag.total, run.procs.sum(correct_norm) / run.hellaswag.total
+
+
 def evaluate(run):
-    """Estimate the losses and record them; save ckpt.pt when val improves (or always, by
-    setting) and best.pt when it improves. Weights whose loss is not finite are never saved."""
+    """Estimate the losses (and, when due, HellaSwag's accuracy) and record them; save ckpt.pt
+    when val improves (or always, by setting) and best.pt when it improves. Weights whose loss is
+    not finite are never saved."""
     run.guard.flush()  # a step that made the weights nan is named as such
     config, it, started = run.config, run.iter_num, time.perf_counter()
     estimates = estimate_loss(run)
     losses = {split: loss for split, (loss, _) in estimates.items()}
-    run.metrics.record({"iter": it, "tokens": it * run.tokens_per_step, "train_loss": losses["train"],
-                        "val_loss": losses["val"], "train_bpb": estimates["train"][1], "val_bpb": estimates["val"][1],
-                        "elapsed": round(run.clock.elapsed(), 3)})
+    row = {"iter": it, "tokens": it * run.tokens_per_step, "train_loss": losses["train"], "val_loss": losses["val"],
+           "train_bpb": estimates["train"][1], "val_bpb": estimates["val"][1]}
     report = f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
     if math.isfinite(estimates["val"][1]):
         report += f" ({estimates['val'][1]:.4f} bits per byte)"
+    if run.hellaswag and (config.eval_only or it % config.hellaswag_interval == 0 or it == config.max_iters):
+        row["hellaswag_acc"], row["hellaswag_acc_norm"] = hellaswag_accuracy(run)
+        report += f", hellaswag acc_norm {row['hellaswag_acc_norm']:.4f} (acc {row['hellaswag_acc']:.4f})"
+    run.metrics.record({**row, "elapsed": round(run.clock.elapsed(), 3)})
     if not config.eval_only:
         run.guard.check_evaluation(losses, it)
     improved = losses["val"] < run.best_val_loss
@@ -202,6 +212,8 @@ def announce(run):
     print(f"device {run.device}{processes}, dtype {run.dtype}; {run.tokens_per_step:,} tokens per step "
           f"({config.gradient_accumulation_steps} x {config.batch_size} x {config.block_size})")
     print(f"mfu against {run.peak_source}" if run.peak else run.peak_source)
+    if run.hellaswag:
+        print(f"hellaswag: {run.hellaswag.total:,} examples every {config.hellaswag_interval} iterations")
 
 
 def summary(run, steps):

@@ -70,9 +70,10 @@ def shakespeare_text(out_dir, input_path, name):
                             script=f"prepare/{name}.py --out_dir {out_dir}")
 
 
-def find_or_download(data_dir, filename, url, input_path=None, script="the prepare script"):
+def find_or_download(data_dir, filename, url, input_path=None, script="the prepare script", other_way=None):
     """The path of a source text: --input if given, else data_dir/filename, downloaded there
-    from url if missing. Says exactly what to do when none of these works."""
+    from url if missing. Says exactly what to do when none of these works: put the file there,
+    or other_way (default: give the script its --input)."""
     if input_path:
         if os.path.isdir(input_path):
             raise UserError(f"--input {input_path} is a folder; give it a text file")
@@ -95,7 +96,7 @@ def find_or_download(data_dir, filename, url, input_path=None, script="the prepa
     except OSError as e:
         raise UserError(
             f"could not download {url} ({getattr(e, 'reason', e)}); "
-            f"put the file at {path}, or run: python {script} --input PATH") from None
+            f"put the file at {path}, or {other_way or f'run: python {script} --input PATH'}") from None
     with atomic_write(path) as f:
         f.write(text)
     return path

@@ -6,8 +6,9 @@ metrics.jsonl has two kinds of row: a training step's, every log_interval iterat
     {"iter", "tokens", "loss", "lr", "grad_norm", "tokens_per_sec", "mfu", "elapsed"}
 and an evaluation's,
     {"iter", "tokens", "train_loss", "val_loss", "train_bpb", "val_bpb", "elapsed"}
-where tokens counts the training tokens seen so far, elapsed the run's wall seconds, and bpb the
-evaluated loss in bits per UTF-8 byte of text (comparable across tokenizers).
+(with "hellaswag_acc" and "hellaswag_acc_norm" where HellaSwag was scored), where tokens counts
+the training tokens seen so far, elapsed the run's wall seconds, and bpb the evaluated loss in
+bits per UTF-8 byte of text (comparable across tokenizers).
 """
 
 import json

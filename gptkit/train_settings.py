@@ -18,6 +18,8 @@ class TrainConfig:
     eval_iters: int = 200  # batches per loss estimate
     eval_only: bool = False  # evaluate once and exit
     always_save_checkpoint: bool = True  # write ckpt.pt at every evaluation, not only when val improves
+    hellaswag_interval: int = 0  # score HellaSwag at every evaluation at a multiple of this (GPT-2's BPE only); 0: off
+    hellaswag_file: Optional[str] = None  # None: data_dir/hellaswag/hellaswag_val.jsonl, downloaded the first time
     # 'scratch'; 'resume' (out_dir/ckpt.pt, whose model shape it keeps); 'auto' (resume if out_dir holds a
     # run, else scratch); or GPT-2's weights to finetune: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or
     # a folder in Hugging Face's GPT-2 format (the weights fix the shape; dropout and a shorter block_size may be set)
@@ -72,6 +74,9 @@ class TrainConfig:
                      "log_interval", "eval_iters"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.hellaswag_interval < 0 or self.hellaswag_interval % self.eval_interval:
+            raise ValueError(f"hellaswag_interval must be a multiple of eval_interval ({self.eval_interval}), as "
+                             f"HellaSwag is scored at an evaluation, or 0 (off); got {self.hellaswag_interval}")
         if self.max_iters < 0:
             raise ValueError(f"max_iters must be >= 0, got {self.max_iters}")
         if self.optimizer not in ("adamw", "muon"):

@@ -14,11 +14,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gptkit.checkpoint import load_checkpoint, restore_run
 from gptkit.cpu import keep_freed_memory, use_cpu_kernels
-from gptkit.data import BatchSampler, dataset_meta, model_vocab_size, token_bytes, tokenizer_name
+from gptkit.data import BatchSampler, codec_from_meta, dataset_meta, model_vocab_size, token_bytes, tokenizer_name
 from gptkit.datasets import ensure_data
 from gptkit.distributed import Processes, shard
 from gptkit.hardware import (autocast_context, enable_tf32, fastest_cpu_dtype, flops_per_token, peak_flops,
                              resolve_dtype)
+from gptkit.hellaswag import HellaSwag, check_vocabulary, hellaswag_file
 from gptkit.hf import gpt2_meta, load_gpt2
 from gptkit.nonfinite import NonfiniteGuard
 from gptkit.optim import configure_optimizer
@@ -52,6 +53,7 @@ class TrainingRun:
                             f"{tokenizer_name(self.meta)} tokens; prepare the data with prepare/shakespeare.py "
                             f"or prepare/text.py --tokenizer gpt2")
         self.sampler = BatchSampler(data_dir, self.meta, config.block_size, config.batch_size, config.seed)
+        self.hellaswag = self.hellaswag_share(data_dir) if config.hellaswag_interval else None
         self.token_bytes = self.text_bytes_of_tokens()
         vocab_size = model_vocab_size(self.meta, config.vocab_size)
         self.model = (pretrained or GPT(config.model_config(vocab_size))).to(self.device)
@@ -84,6 +86,9 @@ class TrainingRun:
             raise UserError(f"{self.out_dir} already holds a run (ckpt.pt); continue it with --init_from=resume, "
                             f"or choose another out_dir (or delete that one) to start afresh")
         self.step_model = self.wrapped_model()
+        # FSDP: every process runs as many HellaSwag forwards, each gathering the weights
+        self.hellaswag_forwards = max(self.procs.gather(len(self.hellaswag.batches))) \
+            if self.hellaswag and self.sharded else 0
         self.choose_precision()
         self.peak, self.peak_source = peak_flops(self.device, self.dtype)  # for MFU
         self.flops_per_token = sum(flops_per_token(self.model)["training"])
@@ -99,6 +104,21 @@ class TrainingRun:
         except UserError as e:
             print(f"bits per byte not shown: {e}")
             return torch.zeros(self.meta["vocab_size"], dtype=torch.long, device=self.device)
+
+    def hellaswag_share(self, data_dir):
+        """This process's share of HellaSwag's examples, read and rendered now: another vocabulary
+        than GPT-2's, or no file and no network, stops the run before it trains. The first process
+        on each machine downloads the file, if it must, while the others wait."""
+        config, codec = self.config, codec_from_meta(self.meta)
+        check_vocabulary(codec, f"hellaswag_interval={config.hellaswag_interval}: {data_dir}",
+                         remedy="set hellaswag_interval=0, or train on GPT-2 BPE data (prepare/shakespeare.py, "
+                                "prepare/text.py --tokenizer gpt2)")
+        if self.procs.local_rank == 0:
+            hellaswag_file(config.hellaswag_file, config.data_dir)
+        self.procs.barrier()
+        path = hellaswag_file(config.hellaswag_file, config.data_dir)  # there now, on every process
+        return HellaSwag(path, codec, config.block_size, config.batch_size * config.block_size,
+                         rank=self.procs.rank, world_size=self.procs.world_size)
 
     def starting_point(self, config):
         """(settings, checkpoint or None, pretrained GPT or None): where the weights come from.

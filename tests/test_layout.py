@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = {"train", "sample", "explain", "export", "plot"}
+SCRIPTS = {"train", "sample", "explain", "export", "plot", "hellaswag"}
 
 
 def project_files():
