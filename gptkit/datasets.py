@@ -39,7 +39,14 @@ def prepare_shakespeare(out_dir="data/shakespeare", input_path=None, val_fractio
           f"(GPT-2 BPE) -> {out_dir}")
 
 
-RECIPES = {"shakespeare_char": prepare_shakespeare_char, "shakespeare": prepare_shakespeare}
+def prepare_shakespeare_bpe(out_dir="data/shakespeare_bpe", input_path=None, val_fraction=0.1, vocab_size=1024):
+    """Tiny Shakespeare in a BPE of its own (learned from the first 90% of the text)."""
+    prepare_text(out_dir, shakespeare_text(out_dir, input_path, "shakespeare_bpe"), tokenizer="bpe",
+                 val_fraction=val_fraction, vocab_size=vocab_size)
+
+
+RECIPES = {"shakespeare_char": prepare_shakespeare_char, "shakespeare": prepare_shakespeare,
+           "shakespeare_bpe": prepare_shakespeare_bpe}
 CORPORA = ("openwebtext", "fineweb")  # large downloads (corpus.py): the user starts them, train.py does not
 
 

@@ -178,3 +178,17 @@ def test_bits_per_byte_on_a_bpe_of_its_own(tmp_path):
     run.close()
     assert text_bytes > y.numel() * 2  # tokens of more than a byte on average: counting tokens would not do
     assert math.isclose(bpb, bits / text_bytes, rel_tol=1e-6)
+
+
+def test_the_shakespeare_bpe_recipe_is_prepared_on_first_use(tmp_path):
+    from gptkit.datasets import SHAKESPEARE_TEXT, ensure_data
+
+    folder = ensure_data(tmp_path / "data", "shakespeare_bpe")
+    meta = read_meta(folder)
+    codec = codec_from_meta(meta)
+    text = SHAKESPEARE_TEXT.read_text(encoding="utf-8")
+    split = int(len(text) * 0.9)
+    assert meta["vocab_size"] == codec.vocab_size == 1024
+    assert codec.decode(read_tokens(folder / "train.bin", meta).tolist()) == text[:split]
+    assert codec.decode(read_tokens(folder / "val.bin", meta).tolist()) == text[split:]
+    assert (folder / "train.bin").stat().st_size < 1024 + 2 * len(text) / 2  # about 2.4 characters a token
