@@ -11,6 +11,7 @@ const page = {
   analysis: null,       // the server's analysis of the text (serve.py Explorer.analyse)
   sorted: null,         // Float32Array: the next token's logits, best first
   weights: null,        // Uint8Array (layers, heads, T, T): attention weights x 255
+  heatmaps: new Map(),  // "layer:head" -> a canvas of its weights, one pixel a weight
   bars: [],             // the bars' elements, the likeliest first, then the rest
   kept: null,           // Float64Array: the probabilities drawn from now, in sorted's order
   rng: null,            // the sampler's state after the last draw, to go on drawing (serve.py sign)
@@ -110,6 +111,7 @@ function show(analysis) {
   page.analysis = analysis;
   page.sorted = new Float32Array(bytes(analysis.next.logits).buffer);
   page.weights = bytes(analysis.attention.weights);
+  page.heatmaps.clear();
   page.tokens = analysis.ids.map((id, i) =>
     page.tokens[i] && page.tokens[i].id === id ? page.tokens[i] : {id, drawn: null});
   page.query = null;
@@ -279,16 +281,15 @@ function redrawBars() {
   const {temperature, top_k, top_p} = settings();
   const {raw, kept} = distribution(page.sorted, temperature, top_k, top_p);
   page.kept = kept;
-  let keptTop = 0, rawTop = 0;
+  let keptRest = 0, rawRest = 0;
+  for (let i = page.analysis.next.ids.length; i < kept.length; i++) {
+    keptRest += kept[i];
+    rawRest += raw[i];
+  }
   for (const {bar, fill, value, rank} of page.bars) {
-    let p = rank === null ? Math.max(0, 1 - keptTop) : kept[rank];
-    const before = rank === null ? Math.max(0, 1 - rawTop) : raw[rank];
-    if (rank !== null) {
-      keptTop += kept[rank];
-      rawTop += raw[rank];
-    }
-    if (rank === null && p < 1e-9) p = 0;
-    const cut = p === 0 && before > 0;
+    const p = rank === null ? keptRest : kept[rank];
+    const before = rank === null ? rawRest : raw[rank];
+    const cut = p === 0 && before > 0;  // exactly 0 only where a filter cut it
     bar.classList.toggle("cut", cut);
     fill.style.width = `${(100 * (cut ? before : p)).toFixed(2)}%`;
     value.textContent = cut ? "cut" : p.toFixed(4);
@@ -426,8 +427,10 @@ function fillPickers() {
                             ...Array.from({length: heads}, (_, h) => new Option(`${h + 1}`, h)));
 }
 
+const analysed = () => page.analysis.ids.length;  // the text may have grown since (Generate)
+
 function weightRow(layer, head, query) {
-  const T = page.tokens.length, heads = page.analysis.attention.heads;
+  const T = analysed(), heads = page.analysis.attention.heads;
   const start = ((layer * heads + head) * T + query) * T;
   return Array.from(page.weights.subarray(start, start + query + 1), (w) => w / 255);
 }
@@ -438,15 +441,15 @@ function topReads(row, count) {
 
 function renderAttention() {
   if (!page.analysis) return;
-  const T = page.tokens.length, heads = page.analysis.attention.heads;
+  const T = analysed(), heads = page.analysis.attention.heads;
   const layer = Number($("layer").value), head = Number($("head").value);
-  const query = page.query === null ? T - 1 : page.query;
+  const query = page.query === null || page.query >= T ? T - 1 : page.query;
   const shown = head === -1 ? Array.from({length: heads}, (_, h) => h) : [head];
   const rows = shown.map((h) => weightRow(layer, h, query));
   const mean = rows[0].map((_, k) => rows.reduce((sum, row) => sum + row[k], 0) / rows.length);
   const what = head === -1 ? `the mean of layer ${layer + 1}'s ${heads} heads` : `layer ${layer + 1}, head ${head + 1}`;
   $("query").textContent = `what token ${query} (${info(page.tokens[query].id).label}) reads, ${what}; hover a token to choose another`;
-  const spans = page.tokens.map((_, k) => {
+  const spans = page.analysis.ids.map((_, k) => {
     const span = tokenSpan(k);
     if (k <= query) {
       span.style.background = `rgba(31, 119, 180, ${mean[k].toFixed(3)})`;
@@ -462,23 +465,35 @@ function renderAttention() {
   $("heads").replaceChildren(...cards);
 }
 
+function heatmap(layer, head) {
+  const key = `${layer}:${head}`;
+  if (!page.heatmaps.has(key)) {
+    const T = analysed(), base = (layer * page.analysis.attention.heads + head) * T * T;
+    const pixels = document.createElement("canvas");
+    pixels.width = pixels.height = T;
+    const context = pixels.getContext("2d");
+    const image = context.createImageData(T, T);
+    for (let i = 0; i < T * T; i++) {  // white to blue, as explain.py's pictures
+      const w = page.weights[base + i] / 255;
+      image.data[4 * i] = 255 - 224 * w;
+      image.data[4 * i + 1] = 255 - 136 * w;
+      image.data[4 * i + 2] = 255 - 75 * w;
+      image.data[4 * i + 3] = 255;
+    }
+    context.putImageData(image, 0, 0);
+    page.heatmaps.set(key, pixels);
+  }
+  return page.heatmaps.get(key);
+}
+
 function headCard(layer, head, query, row, size) {
-  const T = page.tokens.length, heads = page.analysis.attention.heads;
+  const T = analysed();
   const card = document.createElement("div");
   card.className = "head";
   card.dataset.head = head;
   const title = document.createElement("div");
   title.textContent = `head ${head + 1}`;
-  const pixels = document.createElement("canvas");
-  pixels.width = pixels.height = T;
-  const context = pixels.getContext("2d");
-  const image = context.createImageData(T, T);
-  const base = (layer * heads + head) * T * T;
-  for (let i = 0; i < T * T; i++) {  // white to blue, as explain.py's pictures
-    const w = page.weights[base + i] / 255;
-    image.data.set([255 - 224 * w, 255 - 136 * w, 255 - 75 * w, 255], 4 * i);
-  }
-  context.putImageData(image, 0, 0);
+  const pixels = heatmap(layer, head);
   const canvas = document.createElement("canvas");
   const scale = Math.max(1, Math.floor(size / T));
   canvas.width = canvas.height = T * scale;
@@ -500,7 +515,7 @@ function headCard(layer, head, query, row, size) {
 // ----------------------------------------------------------------------------- the logit lens
 
 function renderLens() {
-  const lens = page.analysis.lens, text = ids(), T = text.length;
+  const lens = page.analysis.lens, text = page.analysis.ids, T = text.length;
   const table = document.createElement("table");
   const header = (cells, className) => {
     const tr = document.createElement("tr");
