@@ -38,14 +38,15 @@ def trace(model, idx):
     return logits[0], torch.cat(streams), inputs
 
 
-def head_weights(model, inputs):
+def head_weights(model, inputs, layers=None):
     """inputs, each block's attention input (1, T, C) as trace records them -> (n_layer, n_head,
     T, T): each layer's and head's attention weights, row i the distribution over positions
-    0..i that the forward pass averages the values with."""
+    0..i that the forward pass averages the values with. layers: only these (indices), in order."""
     rotary = model.rotary(0, inputs[0].size(1))
+    layers = range(len(inputs)) if layers is None else layers
     with torch.no_grad():
-        return torch.cat([attention.attention_weights(*block.attn.heads(x, rotary)[:2], is_causal=True)
-                          for block, x in zip(model.transformer.h, inputs)])
+        return torch.cat([attention.attention_weights(*model.transformer.h[i].attn.heads(inputs[i], rotary)[:2],
+                                                      is_causal=True) for i in layers])
 
 
 def attention_weights(model, idx):

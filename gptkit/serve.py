@@ -43,6 +43,9 @@ GIVEN = 5  # the candidates kept for each token of the text, at temperature 1
 LENS = 3  # the guesses kept for each cell of the logit lens
 NEIGHBOURS = 10
 MAX_BODY = 1 << 20  # bytes: a prompt of the longest context is far smaller
+# Attention weights sent at once, 1 byte each: a small model's every layer (6 x 6 x 256 x 256 is 2.4M);
+# past this (GPT-2 past ~340 tokens), only the layer the page shows.
+ATTENTION_LIMIT = 1 << 24
 MAX_GENERATE = 1000
 
 
@@ -108,14 +111,17 @@ class Explorer:
                              f"({self.model.config.block_size}); shorten it")
         return ids
 
-    def analyse(self, ids, temperature=1.0, top_k=None, top_p=None):
+    def analyse(self, ids, temperature=1.0, top_k=None, top_p=None, layer=0):
         """Everything the page shows of the text ids: the next-token distribution, each token's
-        probability and candidates, every head's attention weights and the logit lens."""
+        probability and candidates, every head's attention weights (of every layer, or of layer
+        alone where they would be too many) and the logit lens."""
         V, started = self.vocab_size, time.perf_counter()
+        c = self.model.config
+        layers = list(range(c.n_layer)) if c.n_layer * c.n_head * len(ids) ** 2 <= ATTENTION_LIMIT else [layer]
         idx = torch.tensor([ids], device=self.device)
         with self.lock:
             logits, streams, inputs = trace(self.model, idx)  # (T, V), (L + 1, T, C)
-            weights = head_weights(self.model, inputs).float().cpu()  # (L, H, T, T)
+            weights = head_weights(self.model, inputs, layers).float().cpu()  # (len(layers), H, T, T)
             guesses = []
             for stream in streams:  # one depth at a time: GPT-2's (L + 1, T, 50257) would be large
                 probs = F.softmax(logit_lens(self.model, stream)[:, :V].float(), dim=-1)
@@ -141,8 +147,7 @@ class Explorer:
                      "rest": max(0.0, 1 - probs[bars].sum().item()),
                      "settings": {"temperature": temperature, "top_k": top_k, "top_p": top_p},
                      "logits": encode(order.values.numpy().astype("<f4"))},  # every token's, best first
-            "attention": {"layers": weights.size(0), "heads": weights.size(1),
-                          "weights": encode(quantised.numpy())},
+            "attention": {"layers": layers, "heads": weights.size(1), "weights": encode(quantised.numpy())},
             "lens": {"depths": ["embeddings"] + [f"layer {d}" for d in range(1, len(guesses))],
                      "ids": lens_ids.tolist(), "probs": lens_probs.round(decimals=4).tolist()},
             "vocab": self.vocab(ids + bars + lens_ids.flatten().tolist() + top.indices.flatten().tolist()),
@@ -276,15 +281,17 @@ class PageHandler(BaseHTTPRequestHandler):
         self.answer(lambda: routes[path](self.body()))
 
     def analyse(self, body):
-        return self.explorer.analyse(self.explorer.prompt(body), *sampling_settings(body))
+        layer = whole(body, "layer", 0, self.explorer.model.config.n_layer - 1, default=0)
+        return self.explorer.analyse(self.explorer.prompt(body), *sampling_settings(body), layer)
 
     def sample(self, body):
         """One token drawn after the text, and the analysis of the text it ends."""
         ids, settings, seed, state = self.draw_request(body)
         if len(ids) >= self.explorer.model.config.block_size:
             raise BadRequest(f"the text fills the model's context ({len(ids)} tokens); shorten it to draw more")
+        layer = whole(body, "layer", 0, self.explorer.model.config.n_layer - 1, default=0)
         drawn = next(self.explorer.draw(ids, 1, *settings, seed, state))
-        return {"drawn": drawn, "analysis": self.explorer.analyse(ids + [drawn["id"]], *settings)}
+        return {"drawn": drawn, "analysis": self.explorer.analyse(ids + [drawn["id"]], *settings, layer)}
 
     def generate(self, body):
         """Up to n tokens drawn after the text, streamed as JSON lines as they come; the last line

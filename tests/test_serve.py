@@ -23,7 +23,7 @@ from torch.nn import functional as F
 import explain
 import sample
 import train
-from gptkit import inside
+from gptkit import inside, serve
 from gptkit.datasets import prepare_shakespeare_char
 from gptkit.sampling import load_chosen, sampling_probs
 from gptkit.serve import Explorer
@@ -123,7 +123,7 @@ def test_the_distribution_sums_to_one_after_the_filters(url, explorer, settings)
                               settings.get("top_p"))[0]
     assert nxt["ids"] == logits.argsort(descending=True, stable=True)[:20].tolist()
     torch.testing.assert_close(torch.tensor(nxt["probs"]), expected[nxt["ids"]], atol=1e-5, rtol=0)
-    if settings.get("top_k"):
+    if settings.get("top_k") and not settings.get("top_p"):
         assert sum(p > 0 for p in nxt["probs"]) == settings["top_k"]
     # every token's logit, best first, for the page to filter as the sliders move
     sent = torch.frombuffer(bytearray(base64.b64decode(nxt["logits"])), dtype=torch.float32)
@@ -157,6 +157,19 @@ def test_attention_and_the_lens_are_explains(url, explorer):
     assert answer["lens"]["ids"] == lens.indices.tolist()
     torch.testing.assert_close(torch.tensor(answer["lens"]["probs"]), lens.values, atol=1e-4, rtol=0)
     assert answer["lens"]["depths"] == ["embeddings", "layer 1", "layer 2"]
+    assert answer["attention"]["layers"] == [0, 1]
+
+
+def test_where_every_layers_attention_is_too_much_the_layer_shown_comes_alone(url, explorer, monkeypatch):
+    monkeypatch.setattr(serve, "ATTENTION_LIMIT", 0)  # as for GPT-2 and a long text
+    answer = post(url, "/api/analyse", {"text": PROMPT, "layer": 1})
+    idx = torch.tensor([answer["ids"]])
+    T = idx.size(1)
+    assert answer["attention"]["layers"] == [1]
+    sent = torch.frombuffer(bytearray(base64.b64decode(answer["attention"]["weights"])), dtype=torch.uint8)
+    weights = sent.float().view(1, explorer.model.config.n_head, T, T) / 255
+    torch.testing.assert_close(weights, inside.attention_weights(explorer.model, idx)[1:], atol=0.5 / 255 + 1e-6, rtol=0)
+    assert request(url, "/api/analyse", {"text": PROMPT, "layer": 2})[0] == 400  # 2 layers: 0 and 1
 
 
 def test_the_embedding_map_and_neighbours_are_explains(url, explorer):
@@ -302,8 +315,8 @@ def test_two_tabs_at_once_get_their_own_answers(url):
 def test_a_bpe_model_shows_a_piece_of_a_character_as_its_id(gpt2_codec, serve_page):
     model = GPT(GPTConfig(block_size=16, vocab_size=50304, n_layer=1, n_head=2, n_embd=16))
     url = serve_page(Explorer(model.eval(), gpt2_codec, "gpt2-shaped"))
-    ids = gpt2_codec.encode("a 🙂")
-    answer = post(url, "/api/analyse", {"text": "a 🙂"})
+    ids = gpt2_codec.encode("a 🦜")
+    answer = post(url, "/api/analyse", {"text": "a 🦜"})
     assert answer["ids"] == ids and len(ids) > 2
     labels = [answer["vocab"][str(i)] for i in ids]
     assert labels[0] == {"label": "a", "text": "a"}

@@ -24,7 +24,9 @@ from gptkit.data import CharCodec
 from gptkit.datasets import prepare_shakespeare_char
 from gptkit.sampling import load_chosen
 from gptkit.serve import Explorer
-from model import GPT, GPTConfig
+from gptkit.settings import load_settings
+from gptkit.train_settings import TrainConfig
+from model import GPT
 
 pytestmark = pytest.mark.slow
 
@@ -59,13 +61,14 @@ def browser():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A small character model of Shakespeare, trained for a few seconds: enough to have favourites."""
+    """A small character model of Shakespeare, trained for some seconds: enough to have favourites."""
     root = tmp_path_factory.mktemp("serve_browser")
     (root / "input.txt").write_text(SHAKESPEARE[:200_000])
     prepare_shakespeare_char(root / "data" / "shakespeare", str(root / "input.txt"))
-    args = [f"--data_dir={root / 'data'}", "--dataset=shakespeare", f"--out_dir={root / 'out'}", "--n_layer=2",
-            "--n_head=4", "--n_embd=64", f"--block_size={BLOCK}", "--batch_size=16", "--gradient_accumulation_steps=1",
-            "--max_iters=150", "--eval_interval=150", "--eval_iters=1", "--warmup_iters=10", "--lr_decay_iters=150",
+    # the CPU recipe, smaller and shorter: val loss about 2 (the recipe's own: 1.59)
+    args = [str(ROOT / "configs" / "shakespeare_cpu.py"), f"--data_dir={root / 'data'}", "--dataset=shakespeare",
+            f"--out_dir={root / 'out'}", "--n_layer=2", "--n_head=4", "--n_embd=64", f"--block_size={BLOCK}",
+            "--max_iters=500", "--lr_decay_iters=500", "--eval_interval=500", "--eval_iters=1", "--warmup_iters=20",
             "--learning_rate=1e-2", "--device=cpu", "--dtype=float32", "--compile=False"]
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
@@ -95,8 +98,8 @@ def analysis(url, body):
 
 
 def test_the_page_in_a_browser(browser, trained, serve_page, tmp_path):
-    path, model, codec = load_chosen("resume", trained, None, "cpu")
-    url = serve_page(Explorer(model, codec, path))
+    _, model, codec = load_chosen("resume", trained, None, "cpu")
+    url = serve_page(Explorer(model, codec, "the test's model (tests/test_serve_browser.py)"))
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     errors = []
     page.on("pageerror", lambda error: errors.append(str(error)))
@@ -136,29 +139,29 @@ def test_the_page_in_a_browser(browser, trained, serve_page, tmp_path):
     assert [float(v) for v in values[:20] if v != "cut"] == pytest.approx([p for p in expected["probs"] if p], abs=1e-4)
     press(page, "#top-p", "End", 1)
 
-    # a click on a bar adds its token; Sample draws one; Generate streams five
+    # a click on a bar adds its token; Sample draws one; Generate streams twenty
     token = int(page.get_attribute(".bar >> nth=1", "data-token"))
     page.click(".bar >> nth=1")
     wait_for_text(page, len(PROMPT) + 1)
     assert page.evaluate("window.gptPage.tokens.at(-1).id") == token
     page.click("#sample")
     wait_for_text(page, len(PROMPT) + 2)
-    page.fill("#count", "5")
+    page.fill("#count", "20")
     page.click("#generate")
-    wait_for_text(page, len(PROMPT) + 7)
-    page.wait_for_function("document.getElementById('status').textContent.includes('generated 5 tokens')")
-    assert page.locator("#text .token.drawn").count() == 7
-    assert page.locator("#text .token").count() == len(PROMPT) + 7
+    wait_for_text(page, len(PROMPT) + 22)
+    page.wait_for_function("document.getElementById('status').textContent.includes('generated 20 tokens')")
+    assert page.locator("#text .token.drawn").count() == 22
+    assert page.locator("#text .token").count() == len(PROMPT) + 22
 
     # hovering a drawn token shows the candidates it was drawn from, and what it reads
-    page.select_option("#head", "-1")
+    page.select_option("#head", label="all heads")
     assert page.locator("#heads .head").count() == n_head
     page.hover("#text .token.drawn >> nth=-2")
     tip = page.locator("#tooltip")
     assert tip.is_visible()
     assert "drawn (seed 1337), with probability" in tip.text_content()
     assert len(tip.text_content().splitlines()) >= 5
-    position = len(PROMPT) + 5
+    position = len(PROMPT) + 20
     assert f"what token {position} " in page.text_content("#query")
     screenshot = tmp_path / "serve.png"
     page.screenshot(path=str(screenshot), full_page=True)
@@ -166,10 +169,10 @@ def test_the_page_in_a_browser(browser, trained, serve_page, tmp_path):
         shutil.copyfile(screenshot, os.environ["SCREENSHOT"])
 
     # one head, then another layer: the picture follows
-    page.select_option("#head", "1")
+    page.select_option("#head", label="2")
     assert page.locator("#heads .head").count() == 1
     assert page.get_attribute("#heads .head", "data-head") == "1"
-    page.select_option("#layer", "1")
+    page.select_option("#layer", label="2")
     assert "layer 2, head 2" in page.text_content("#query")
     page.mouse.move(0, 0)
     assert not tip.is_visible()
@@ -195,9 +198,9 @@ def test_how_fast_the_page_is_with_a_model_of_shakespeares_shape(browser, serve_
     """Printed, not asserted (a timed test fails on a busy machine): a redraw after a slider
     move, and a new prompt's distribution, attention and lens, from the request to the page drawn."""
     torch.manual_seed(0)
-    config = GPTConfig(block_size=256, vocab_size=65, n_layer=6, n_head=6, n_embd=384, dropout=0.0)
-    codec = CharCodec("".join(sorted(set(SHAKESPEARE))))
-    url = serve_page(Explorer(GPT(config).eval(), codec, "configs/shakespeare.py's shape, untrained"))
+    codec = CharCodec("".join(sorted(set(SHAKESPEARE))))  # its 65 characters
+    model = GPT(load_settings(TrainConfig, [str(ROOT / "configs" / "shakespeare.py")]).model_config(codec.vocab_size))
+    url = serve_page(Explorer(model.eval(), codec, "configs/shakespeare.py's shape, untrained"))
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count())  # as the command runs it (tests keep to one thread)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -221,8 +224,8 @@ def test_how_fast_the_page_is_with_a_model_of_shakespeares_shape(browser, serve_
     finally:
         torch.set_num_threads(threads)
     with capsys.disabled():
-        print(f"\nthe page with a model of configs/shakespeare.py's shape ({sum(p.numel() for p in GPT(config).parameters()) / 1e6:.2f}M "
-              f"parameters), {os.cpu_count()} CPU threads:")
+        print(f"\nthe page with a model of configs/shakespeare.py's shape ({model.num_params() / 1e6:.2f}M parameters), "
+              f"{os.cpu_count()} CPU threads:")
         for length, median, worst, model_ms, redraw, redraw_worst in figures:
             print(f"  prompt of {length} tokens: a new prompt's distribution, attention and lens {median:.0f} ms "
                   f"(median of 5; worst {worst:.0f} ms; the model {model_ms:.0f} ms of it); a slider move "

@@ -55,7 +55,8 @@ const ids = () => page.tokens.map((token) => token.id);
 
 function settings() {
   const k = Number($("top-k").value), p = Number($("top-p").value);
-  return {temperature: Number($("temperature").value), top_k: k > 0 ? k : null, top_p: p < 1 ? p : null};
+  return {temperature: Number($("temperature").value), top_k: k > 0 ? k : null, top_p: p < 1 ? p : null,
+          layer: Number($("layer").value)};  // the layer whose attention to send, where all would be too many
 }
 
 function say(text, error = false) {
@@ -118,7 +119,6 @@ function show(analysis) {
   renderText();
   buildBars();
   redrawBars();
-  fillPickers();
   renderAttention();
   renderLens();
 }
@@ -420,18 +420,27 @@ function stop() {
 // ----------------------------------------------------------------------------- attention
 
 function fillPickers() {
-  const {layers, heads} = page.analysis.attention;
-  if ($("layer").options.length === layers && $("head").options.length === heads + 1) return;
+  const layers = page.model.n_layer, heads = page.model.n_head;
   $("layer").replaceChildren(...Array.from({length: layers}, (_, l) => new Option(`${l + 1}`, l)));
   $("head").replaceChildren(new Option("all heads", -1),
                             ...Array.from({length: heads}, (_, h) => new Option(`${h + 1}`, h)));
 }
 
 const analysed = () => page.analysis.ids.length;  // the text may have grown since (Generate)
+const slot = (layer) => page.analysis.attention.layers.indexOf(layer);  // -1: this layer was not sent
+
+function changeLayer() {
+  if (page.analysis && slot(Number($("layer").value)) < 0) {
+    $("query").textContent = "asking for this layer's attention…";
+    analyse({ids: page.analysis.ids});
+  } else {
+    renderAttention();
+  }
+}
 
 function weightRow(layer, head, query) {
   const T = analysed(), heads = page.analysis.attention.heads;
-  const start = ((layer * heads + head) * T + query) * T;
+  const start = ((slot(layer) * heads + head) * T + query) * T;
   return Array.from(page.weights.subarray(start, start + query + 1), (w) => w / 255);
 }
 
@@ -440,7 +449,7 @@ function topReads(row, count) {
 }
 
 function renderAttention() {
-  if (!page.analysis) return;
+  if (!page.analysis || slot(Number($("layer").value)) < 0) return;
   const T = analysed(), heads = page.analysis.attention.heads;
   const layer = Number($("layer").value), head = Number($("head").value);
   const query = page.query === null || page.query >= T ? T - 1 : page.query;
@@ -468,7 +477,7 @@ function renderAttention() {
 function heatmap(layer, head) {
   const key = `${layer}:${head}`;
   if (!page.heatmaps.has(key)) {
-    const T = analysed(), base = (layer * page.analysis.attention.heads + head) * T * T;
+    const T = analysed(), base = (slot(layer) * page.analysis.attention.heads + head) * T * T;
     const pixels = document.createElement("canvas");
     pixels.width = pixels.height = T;
     const context = pixels.getContext("2d");
@@ -543,9 +552,9 @@ function renderLens() {
       td.textContent = info(guess).label;
       td.style.background = `rgba(31, 119, 180, ${p.toFixed(3)})`;
       if (p > 0.6) td.style.color = "white";
-      if (t + 1 < T && guess === text[t + 1]) td.classList.add("hit");
-      td.title = `${lens.depths[d]}, position ${t}:\n` +
-        lens.ids[d][t].map((id, i) => `${info(id).label.padEnd(10)} ${lens.probs[d][t][i].toFixed(3)}`).join("\n");
+      if (t + 1 < T && guess === text[t + 1]) td.className = "hit";
+      td.dataset.depth = d;
+      td.dataset.position = t;
       tr.append(td);
     }
     table.append(tr);
@@ -553,6 +562,17 @@ function renderLens() {
   table.append(header(text.map((id) => info(id).label), "input"));
   $("lens").replaceChildren(table);
   $("lens").scrollLeft = $("lens").scrollWidth;
+}
+
+function hoverLens(event) {
+  const cell = event.target.closest("td");
+  if (!cell || !page.analysis) {
+    $("tooltip").hidden = true;
+    return;
+  }
+  const lens = page.analysis.lens, d = Number(cell.dataset.depth), t = Number(cell.dataset.position);
+  showTooltip(event, `${lens.depths[d]}, position ${t}: the likeliest next tokens\n` +
+    lens.ids[d][t].map((id, i) => `${info(id).label.padEnd(10)} ${lens.probs[d][t][i].toFixed(3)}`).join("\n"));
 }
 
 // ----------------------------------------------------------------------------- the embedding map
@@ -629,6 +649,7 @@ async function start() {
     `${m.block_size}, ${m.vocab_size.toLocaleString("en")} tokens (${m.codec}), ` +
     `${m.parameters.toLocaleString("en")} parameters`;
   $("top-k").max = Math.min(100, m.vocab_size);
+  fillPickers();
   let typing = null;
   $("prompt").addEventListener("input", () => {
     clearTimeout(typing);
@@ -647,9 +668,12 @@ async function start() {
     });
     $(id).addEventListener("mouseleave", leaveTokens);
   }
-  $("layer").addEventListener("change", renderAttention);
+  $("layer").addEventListener("change", changeLayer);
   $("head").addEventListener("change", renderAttention);
   $("map").addEventListener("click", neighbours);
+  $("lens").addEventListener("mouseover", hoverLens);
+  $("lens").addEventListener("mousemove", hoverLens);
+  $("lens").addEventListener("mouseleave", () => { $("tooltip").hidden = true; });
   onSlider();
   say("type a prompt");
   loadMap();
