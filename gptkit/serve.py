@@ -180,7 +180,8 @@ class Explorer:
                 if token == self.codec.eot_token:
                     return
         finally:
-            steps.close()
+            with self.lock:  # its own finally puts the model back in eval mode: a model call of sorts
+                steps.close()
 
     def sign(self, state):
         """A generator's state as text the page hands back to go on drawing: base64, then an HMAC,
@@ -194,7 +195,8 @@ class Explorer:
             data = base64.b64decode(data, validate=True)
         except ValueError:
             data = b""
-        if not data or not hmac.compare_digest(mac, hmac.new(self.key, data, hashlib.sha256).hexdigest()):
+        digest = hmac.new(self.key, data, hashlib.sha256).hexdigest()
+        if not data or not hmac.compare_digest(mac.encode(), digest.encode()):
             raise BadRequest("rng is not a sampler state this server gave (it changes when the server "
                              "restarts); leave it out to start from the seed")
         return torch.frombuffer(bytearray(data), dtype=torch.uint8)
@@ -366,6 +368,7 @@ class PageHandler(BaseHTTPRequestHandler):
         """Run work() and send what it returns as JSON (None: it answered itself)."""
         try:
             result = work()
+            body = None if result is None else json.dumps(result, allow_nan=False).encode()
         except BadRequest as e:
             self.fail(e.status, str(e))
         except (BrokenPipeError, ConnectionResetError):
@@ -374,8 +377,8 @@ class PageHandler(BaseHTTPRequestHandler):
             traceback.print_exc()
             self.fail(500, f"the server failed on this request ({type(e).__name__}: {e}); it is still up")
         else:
-            if result is not None:
-                self.send(200, json.dumps(result, allow_nan=False).encode(), "application/json")
+            if body is not None:
+                self.send(200, body, "application/json")
 
     def fail(self, status, message):
         self.send(status, json.dumps({"error": message}).encode(), "application/json")
@@ -397,18 +400,22 @@ class PageHandler(BaseHTTPRequestHandler):
             pass
 
 
+class PageServer(ThreadingHTTPServer):
+    daemon_threads = True  # a page still streaming does not hold the program open at Ctrl-C
+    request_queue_size = 64  # connections waiting to be accepted (the standard library's 5 turns a busy page away)
+
+
 def make_server(explorer, host="127.0.0.1", port=8000):
     """A ThreadingHTTPServer for explorer on host:port (0: any free port), not yet serving."""
     pages = {path: ((WEB / name).read_bytes(), kind) for path, (name, kind) in PAGES.items()}
     handler = type("Handler", (PageHandler,), {"explorer": explorer, "pages": pages})
     try:
-        server = ThreadingHTTPServer((host, port), handler)
+        server = PageServer((host, port), handler)
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             raise UserError(f"port {port} on {host} is in use (is a page already served there?); "
                             f"choose another with --port=N") from None
         raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --host or --port") from None
-    server.daemon_threads = True  # a page still streaming does not hold the program open at Ctrl-C
     return server
 
 

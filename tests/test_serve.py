@@ -25,6 +25,7 @@ import sample
 import train
 from gptkit import inside, serve
 from gptkit.datasets import prepare_shakespeare_char
+from gptkit.hf import export_gpt2
 from gptkit.sampling import load_chosen, sampling_probs
 from gptkit.serve import Explorer
 from gptkit.settings import load_settings
@@ -257,6 +258,8 @@ BAD = [  # (path, body or raw bytes, status, a fragment of the message)
     ("/api/analyse", {"text": "R", "top_p": 1.5}, 400, "top_p must be in (0, 1]"),
     ("/api/sample", {"text": "R", "seed": -1}, 400, "seed must be an integer"),
     ("/api/sample", {"text": "R", "rng": "AAAA.forged"}, 400, "not a sampler state this server gave"),
+    ("/api/sample", {"text": "R", "rng": "AAAA.é"}, 400, "not a sampler state this server gave"),
+    ("/api/sample", {"text": "R", "rng": 12}, 400, "not a sampler state this server gave"),
     ("/api/generate", {"text": "R", "n": 0}, 400, "n must be an integer from 1"),
     ("/api/generate", {"text": "R", "n": True}, 400, "n must be an integer"),
     ("/api/nothing", {"text": "R"}, 404, "no such request"),
@@ -295,20 +298,33 @@ def test_malformed_http_gets_4xx_json_and_the_server_goes_on(url):
     assert request(url, "/api/model")[0] == 200
 
 
+def test_a_bug_of_ours_gets_500_with_what_failed_and_the_server_goes_on(url, explorer, monkeypatch, capsys):
+    def broken(*args):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(explorer, "analyse", broken)
+    status, answer = request(url, "/api/analyse", {"text": PROMPT})
+    assert status == 500 and "RuntimeError: a bug" in answer["error"] and "still up" in answer["error"]
+    assert "Traceback" in capsys.readouterr().err  # for whoever runs the server: where the bug is
+    monkeypatch.undo()
+    assert request(url, "/api/analyse", {"text": PROMPT})[0] == 200
+
+
 def test_two_tabs_at_once_get_their_own_answers(url):
     prompts = ["ROMEO:\nBut", "It is the east", "But soft, what", "light through"]
     alone = {p: post(url, "/api/analyse", {"text": p}) for p in prompts}
     answers = {}
 
     def ask(prompt, n):
-        answers[prompt, n] = post(url, "/api/analyse", {"text": prompt})
+        answers[prompt, n] = request(url, "/api/analyse", {"text": prompt})
 
-    threads = [threading.Thread(target=ask, args=(p, n)) for n in range(3) for p in prompts]
+    threads = [threading.Thread(target=ask, args=(p, n)) for n in range(8) for p in prompts]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    for (prompt, _), answer in answers.items():
+    assert len(answers) == len(threads)
+    for (prompt, _), (status, answer) in answers.items():
+        assert status == 200, answer
         assert {**answer, "model_ms": 0} == {**alone[prompt], "model_ms": 0}
 
 
@@ -328,6 +344,21 @@ def test_a_bpe_model_shows_a_piece_of_a_character_as_its_id(gpt2_codec, serve_pa
 
 
 # ----------------------------------------------------------------------------- the command
+
+def test_the_command_serves_gpt2_weights_from_a_folder(gpt2_codec, tmp_path, monkeypatch, capsys):
+    model = GPT(GPTConfig(block_size=32, vocab_size=50257, n_layer=1, n_head=2, n_embd=16))
+    export_gpt2(model, gpt2_codec, tmp_path / "gpt2-local")  # a Hugging Face GPT-2 folder, as --init_from=FOLDER reads
+    served = []
+    monkeypatch.setattr(explain, "serve", lambda explorer, host, port: served.append((explorer, host, port)))
+    assert explain.main(["serve", f"--init_from={tmp_path / 'gpt2-local'}", "--port=8123", "--device=cpu"]) == 0
+    (explorer, host, port), = served
+    assert (host, port, explorer.source, explorer.vocab_size) == ("127.0.0.1", 8123, str(tmp_path / "gpt2-local"), 50257)
+    assert explorer.analyse(gpt2_codec.encode("Hello world"))["vocab"][str(gpt2_codec.encode(" world")[0])]["label"] == "␣world"
+    # the other views take --init_from too
+    assert explain.main(["lens", f"--init_from={tmp_path / 'gpt2-local'}", "--start=Hello world", "--device=cpu",
+                         f"--out={tmp_path / 'lens.png'}"]) == 0
+    assert "position 1, ' world'" in capsys.readouterr().out
+
 
 def error_line(capsys, excinfo):
     assert excinfo.value.code == 2
