@@ -140,10 +140,10 @@ class Explorer:
         quantised = (weights * 255).round().to(torch.uint8)  # 1/255 steps: enough for a picture and 2 decimals
         return {
             "ids": ids,
-            "given": [None] + [round(p, 5) for p in given],
-            "candidates": [None] + [[[i, round(p, 5)] for i, p in zip(row_ids, row_p)]
+            "given": [None] + [significant(p) for p in given],
+            "candidates": [None] + [[[i, significant(p)] for i, p in zip(row_ids, row_p)]
                                     for row_ids, row_p in zip(top.indices.tolist(), top.values.tolist())],
-            "next": {"ids": bars, "probs": [round(p, 6) for p in probs[bars].tolist()],
+            "next": {"ids": bars, "probs": [significant(p) for p in probs[bars].tolist()],
                      "rest": max(0.0, 1 - probs[bars].sum().item()),
                      "settings": {"temperature": temperature, "top_k": top_k, "top_p": top_p},
                      "logits": encode(order.values.numpy().astype("<f4"))},  # every token's, best first
@@ -174,8 +174,8 @@ class Explorer:
                 token = token.item()
                 probs = filtered_probs(logits[:, :self.vocab_size], temperature or 1.0, top_k, top_p)[0].cpu()
                 top = probs.topk(min(CANDIDATES, self.vocab_size))
-                yield {"id": token, "prob": round(probs[token].item(), 6),
-                       "candidates": [[i, round(p, 6)] for i, p in zip(top.indices.tolist(), top.values.tolist())],
+                yield {"id": token, "prob": significant(probs[token].item()),
+                       "candidates": [[i, significant(p)] for i, p in zip(top.indices.tolist(), top.values.tolist())],
                        "vocab": self.vocab([token] + top.indices.tolist()), "rng": self.sign(generator.get_state())}
                 if token == self.codec.eot_token:
                     return
@@ -215,6 +215,11 @@ class Explorer:
                         NEIGHBOURS, exclude={token})
         return {"id": token, "neighbours": [[i, round(s, 4)] for i, s in close],
                 "vocab": self.vocab([token] + [i for i, _ in close])}
+
+
+def significant(p):
+    """A probability to 6 significant digits: a BPE model's small ones (2e-5) keep theirs in JSON."""
+    return float(f"{p:.6g}")
 
 
 def is_int(value):

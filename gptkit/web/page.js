@@ -46,6 +46,9 @@ function bytes(base64) {
   return out;
 }
 
+// a probability in a few characters: 0.1234, and a small one in full, 2.1e-5
+const fmt = (p) => (p >= 1e-4 || p === 0 ? p.toFixed(4) : p.toExponential(1));
+
 function learn(vocab) {
   for (const [id, token] of Object.entries(vocab || {})) page.vocab.set(Number(id), token);
 }
@@ -170,15 +173,15 @@ function renderText() {
 
 function candidatesText(position) {
   const token = page.tokens[position];
-  const row = (id, p) => `${id === token.id ? "*" : " "} ${info(id).label.padEnd(10)} ${p.toFixed(4)}`;
+  const row = (id, p) => `${id === token.id ? "*" : " "} ${info(id).label.padEnd(10)} ${fmt(p)}`;
   const lines = [`token ${position}: ${info(token.id).label} (id ${token.id})`];
   if (token.drawn) {
-    lines.push(`${token.drawn.how}, with probability ${token.drawn.prob.toFixed(4)}, from:`);
+    lines.push(`${token.drawn.how}, with probability ${fmt(token.drawn.prob)}, from:`);
     lines.push(...token.drawn.candidates.map(([id, p]) => row(id, p)));
   } else if (position === 0) {
     lines.push("the first token: nothing before it to predict it from");
   } else if (page.analysis && page.analysis.candidates[position]) {
-    lines.push(`the model gave it ${page.analysis.given[position].toFixed(4)} (temperature 1); its likeliest:`);
+    lines.push(`the model gave it ${fmt(page.analysis.given[position])} (temperature 1); its likeliest:`);
     lines.push(...page.analysis.candidates[position].map(([id, p]) => row(id, p)));
   }
   return lines.join("\n");
@@ -292,7 +295,7 @@ function redrawBars() {
     const cut = p === 0 && before > 0;  // exactly 0 only where a filter cut it
     bar.classList.toggle("cut", cut);
     fill.style.width = `${(100 * (cut ? before : p)).toFixed(2)}%`;
-    value.textContent = cut ? "cut" : p.toFixed(4);
+    value.textContent = cut ? "cut" : fmt(p);
   }
 }
 
@@ -352,7 +355,7 @@ async function sampleOne() {
     afterPaint(() => {
       page.timings.analyse_ms.push(performance.now() - started);
       page.timings.model_ms.push(result.analysis.model_ms);
-      page.note = `drew ${info(result.drawn.id).label} with probability ${result.drawn.prob.toFixed(4)}`;
+      page.note = `drew ${info(result.drawn.id).label} with probability ${fmt(result.drawn.prob)}`;
       showTimings();
     });
   } catch (e) {
