@@ -526,44 +526,28 @@ function headCard(layer, head, query, row, size) {
 
 // ----------------------------------------------------------------------------- the logit lens
 
+const escape = (text) => text.replace(/[&<>"]/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"})[c]);
+
 function renderLens() {
+  // written as one piece of HTML (every label escaped): a table of thousands of cells builds fastest so
   const lens = page.analysis.lens, text = page.analysis.ids, T = text.length;
-  const table = document.createElement("table");
-  const header = (cells, className) => {
-    const tr = document.createElement("tr");
-    const corner = document.createElement("th");
-    corner.className = "depth";
-    corner.textContent = className === "next" ? "next in the text" : "input";
-    tr.append(corner);
-    for (const cell of cells) {
-      const th = document.createElement("th");
-      th.textContent = cell;
-      tr.append(th);
-    }
-    return tr;
-  };
-  table.append(header(text.map((_, t) => (t + 1 < T ? info(text[t + 1]).label : "")), "next"));
+  const header = (name, labels) =>
+    `<tr><th class="depth">${name}</th>${labels.map((label) => `<th>${escape(label)}</th>`).join("")}</tr>`;
+  const rows = [header("next in the text", text.map((_, t) => (t + 1 < T ? info(text[t + 1]).label : "")))];
   for (let d = lens.depths.length - 1; d >= 0; d--) {  // the model's own prediction on top
-    const tr = document.createElement("tr");
-    const th = document.createElement("th");
-    th.className = "depth";
-    th.textContent = lens.depths[d];
-    tr.append(th);
+    const cells = [];
     for (let t = 0; t < T; t++) {
       const [guess] = lens.ids[d][t], [p] = lens.probs[d][t];
-      const td = document.createElement("td");
-      td.textContent = info(guess).label;
-      td.style.background = `rgba(31, 119, 180, ${p.toFixed(3)})`;
-      if (p > 0.6) td.style.color = "white";
-      if (t + 1 < T && guess === text[t + 1]) td.className = "hit";
-      td.dataset.depth = d;
-      td.dataset.position = t;
-      tr.append(td);
+      const hit = t + 1 < T && guess === text[t + 1] ? ' class="hit"' : "";
+      const colour = p > 0.6 ? "; color: white" : "";
+      cells.push(`<td${hit} data-depth="${d}" data-position="${t}" style="background: rgba(31, 119, 180, ` +
+                 `${p.toFixed(3)})${colour}">${escape(info(guess).label)}<br><small>` +
+                 `${p.toFixed(2).replace(/^0/, "")}</small></td>`);
     }
-    table.append(tr);
+    rows.push(`<tr><th class="depth">${escape(lens.depths[d])}</th>${cells.join("")}</tr>`);
   }
-  table.append(header(text.map((id) => info(id).label), "input"));
-  $("lens").replaceChildren(table);
+  rows.push(header("input", text.map((id) => info(id).label)));
+  $("lens").innerHTML = `<table>${rows.join("")}</table>`;
   $("lens").scrollLeft = $("lens").scrollWidth;
 }
 
