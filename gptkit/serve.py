@@ -43,7 +43,7 @@ GIVEN = 5  # the candidates kept for each token of the text, at temperature 1
 LENS = 3  # the guesses kept for each cell of the logit lens
 NEIGHBOURS = 10
 MAX_BODY = 1 << 20  # bytes: a prompt of the longest context is far smaller
-# Attention weights sent at once, 1 byte each: a small model's every layer (6 x 6 x 256 x 256 is 2.4M);
+# Attention weights sent at once, 1 byte each: a small model's every layer (6 x 6 x 256 x 256 / 2 is 1.2M);
 # past this (GPT-2 past ~340 tokens), only the layer the page shows.
 ATTENTION_LIMIT = 1 << 24
 MAX_GENERATE = 1000
@@ -117,7 +117,7 @@ class Explorer:
         alone where they would be too many) and the logit lens."""
         V, started = self.vocab_size, time.perf_counter()
         c = self.model.config
-        layers = list(range(c.n_layer)) if c.n_layer * c.n_head * len(ids) ** 2 <= ATTENTION_LIMIT else [layer]
+        layers = list(range(c.n_layer)) if c.n_layer * c.n_head * len(ids) ** 2 / 2 <= ATTENTION_LIMIT else [layer]
         idx = torch.tensor([ids], device=self.device)
         with self.lock:
             logits, streams, inputs = trace(self.model, idx)  # (T, V), (L + 1, T, C)
@@ -137,7 +137,9 @@ class Explorer:
         top = before.topk(min(GIVEN, V), dim=-1)
         lens_ids = torch.stack([g.indices for g in guesses]).cpu()  # (L + 1, T, LENS)
         lens_probs = torch.stack([g.values for g in guesses]).cpu()
-        quantised = (weights * 255).round().to(torch.uint8)  # 1/255 steps: enough for a picture and 2 decimals
+        # 1/255 steps (enough for a picture and 2 decimals); row i's weights 0..i only, none above the diagonal
+        lower = torch.ones(len(ids), len(ids), dtype=torch.bool).tril()
+        quantised = (weights[:, :, lower] * 255).round().to(torch.uint8)  # (len(layers), H, T (T + 1) / 2)
         return {
             "ids": ids,
             "given": [None] + [significant(p) for p in given],

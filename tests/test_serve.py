@@ -90,6 +90,15 @@ def generated(url, body):
     return [line["drawn"]["id"] for line in lines[:-1]], lines[-1]
 
 
+def sent_attention(answer, layers, heads):
+    """The attention weights an analysis sent (layers, heads, T, T): row i's weights 0..i, in 1/255 steps."""
+    T = len(answer["ids"])
+    sent = torch.frombuffer(bytearray(base64.b64decode(answer["attention"]["weights"])), dtype=torch.uint8)
+    weights = torch.zeros(layers, heads, T, T)
+    weights[:, :, torch.ones(T, T, dtype=torch.bool).tril()] = sent.float().view(layers, heads, -1) / 255
+    return weights
+
+
 def model_logits(explorer, ids):
     with torch.no_grad():
         return explorer.model(torch.tensor([ids]))[0][0, -1, :explorer.vocab_size]
@@ -148,10 +157,7 @@ def test_each_tokens_probability_and_candidates_are_the_models(url, explorer):
 def test_attention_and_the_lens_are_explains(url, explorer):
     answer = post(url, "/api/analyse", {"text": PROMPT})
     idx = torch.tensor([answer["ids"]])
-    c = explorer.model.config
-    T = idx.size(1)
-    sent = torch.frombuffer(bytearray(base64.b64decode(answer["attention"]["weights"])), dtype=torch.uint8)
-    weights = sent.float().view(c.n_layer, c.n_head, T, T) / 255
+    weights = sent_attention(answer, explorer.model.config.n_layer, explorer.model.config.n_head)
     torch.testing.assert_close(weights, inside.attention_weights(explorer.model, idx), atol=0.5 / 255 + 1e-6, rtol=0)
     _, streams, _ = inside.trace(explorer.model, idx)
     lens = F.softmax(inside.logit_lens(explorer.model, streams)[..., :explorer.vocab_size], dim=-1).topk(3)
@@ -165,10 +171,8 @@ def test_where_every_layers_attention_is_too_much_the_layer_shown_comes_alone(ur
     monkeypatch.setattr(serve, "ATTENTION_LIMIT", 0)  # as for GPT-2 and a long text
     answer = post(url, "/api/analyse", {"text": PROMPT, "layer": 1})
     idx = torch.tensor([answer["ids"]])
-    T = idx.size(1)
     assert answer["attention"]["layers"] == [1]
-    sent = torch.frombuffer(bytearray(base64.b64decode(answer["attention"]["weights"])), dtype=torch.uint8)
-    weights = sent.float().view(1, explorer.model.config.n_head, T, T) / 255
+    weights = sent_attention(answer, 1, explorer.model.config.n_head)
     torch.testing.assert_close(weights, inside.attention_weights(explorer.model, idx)[1:], atol=0.5 / 255 + 1e-6, rtol=0)
     assert request(url, "/api/analyse", {"text": PROMPT, "layer": 2})[0] == 400  # 2 layers: 0 and 1
 

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import train
+from gptkit import inside
 from gptkit.data import CharCodec
 from gptkit.datasets import prepare_shakespeare_char
 from gptkit.sampling import load_chosen
@@ -163,6 +164,14 @@ def test_the_page_in_a_browser(browser, trained, serve_page, tmp_path):
     assert len(tip.text_content().splitlines()) >= 5
     position = len(PROMPT) + 20
     assert f"what token {position} " in page.text_content("#query")
+    # the weights the page shows are the model's (explain.py's): as read, and as painted
+    weights = inside.attention_weights(model, torch.tensor([page.evaluate("window.gptPage.analysis.ids")]))
+    assert page.evaluate(f"weightRow(0, 1, {position})") == pytest.approx(
+        weights[0, 1, position, :position + 1].tolist(), abs=0.5 / 255 + 1e-6)
+    red = page.evaluate(f"Array.from({{length: {position + 2}}}, (_, k) => "
+                        f"heatmap(0, 1).getContext('2d').getImageData(k, {position}, 1, 1).data[0])")
+    assert red[:-1] == pytest.approx([255 - 224 * w for w in weights[0, 1, position, :position + 1].tolist()], abs=1.5)
+    assert red[-1] == 255  # above the diagonal: nothing
     screenshot = tmp_path / "serve.png"
     page.screenshot(path=str(screenshot), full_page=True)
     if os.environ.get("SCREENSHOT"):

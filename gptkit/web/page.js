@@ -10,7 +10,7 @@ const page = {
   tokens: [],           // the text: {id, drawn: {prob, candidates, how} for a token added here, else null}
   analysis: null,       // the server's analysis of the text (serve.py Explorer.analyse)
   sorted: null,         // Float32Array: the next token's logits, best first
-  weights: null,        // Uint8Array (layers, heads, T, T): attention weights x 255
+  weights: null,        // Uint8Array (layers, heads, T (T + 1) / 2): attention weights x 255, row i's 0..i
   heatmaps: new Map(),  // "layer:head" -> a canvas of its weights, one pixel a weight
   bars: [],             // the bars' elements, the likeliest first, then the rest
   kept: null,           // Float64Array: the probabilities drawn from now, in sorted's order
@@ -443,7 +443,7 @@ function changeLayer() {
 
 function weightRow(layer, head, query) {
   const T = analysed(), heads = page.analysis.attention.heads;
-  const start = ((slot(layer) * heads + head) * T + query) * T;
+  const start = (slot(layer) * heads + head) * T * (T + 1) / 2 + query * (query + 1) / 2;
   return Array.from(page.weights.subarray(start, start + query + 1), (w) => w / 255);
 }
 
@@ -480,17 +480,20 @@ function renderAttention() {
 function heatmap(layer, head) {
   const key = `${layer}:${head}`;
   if (!page.heatmaps.has(key)) {
-    const T = analysed(), base = (slot(layer) * page.analysis.attention.heads + head) * T * T;
+    const T = analysed();
+    let next = (slot(layer) * page.analysis.attention.heads + head) * T * (T + 1) / 2;
     const pixels = document.createElement("canvas");
     pixels.width = pixels.height = T;
     const context = pixels.getContext("2d");
     const image = context.createImageData(T, T);
-    for (let i = 0; i < T * T; i++) {  // white to blue, as explain.py's pictures
-      const w = page.weights[base + i] / 255;
-      image.data[4 * i] = 255 - 224 * w;
-      image.data[4 * i + 1] = 255 - 136 * w;
-      image.data[4 * i + 2] = 255 - 75 * w;
-      image.data[4 * i + 3] = 255;
+    image.data.fill(255);  // white, as above the diagonal
+    for (let q = 0; q < T; q++) {
+      for (let k = 0; k <= q; k++) {  // white to blue, as explain.py's pictures
+        const w = page.weights[next++] / 255, i = 4 * (q * T + k);
+        image.data[i] = 255 - 224 * w;
+        image.data[i + 1] = 255 - 136 * w;
+        image.data[i + 2] = 255 - 75 * w;
+      }
     }
     context.putImageData(image, 0, 0);
     page.heatmaps.set(key, pixels);
