@@ -370,7 +370,7 @@ async function generate() {
   page.controller = new AbortController();
   busy(true);
   page.request++;
-  let stopped = null, count = 0, failed = false;
+  let stopped = null, count = 0, failure = null;
   try {
     const body = {...drawBody(), n: Number($("count").value)};
     const response = await fetch("/api/generate", {method: "POST", headers: {"Content-Type": "application/json"},
@@ -401,19 +401,15 @@ async function generate() {
       }
     }
   } catch (e) {
-    if (e.name !== "AbortError") {
-      say(e.message, true);
-      failed = true;
-    }
+    if (e.name !== "AbortError") failure = e.message;
   } finally {
     page.controller = null;
     busy(false);
   }
   const note = `generated ${count} token${count === 1 ? "" : "s"}${stopped ? `; stopped: ${stopped}` : ""}`;
-  if (page.tokens.length) {
-    const analysed = await analyse({ids: ids()}, note);
-    if (analysed && failed) say("generation failed part way; the text so far is shown", true);
-  }
+  if (count && page.tokens.length) await analyse({ids: ids()}, note);  // the text as it now ends
+  else if (!failure) say(note);
+  if (failure) say(count ? `${failure} (after ${count} tokens, shown)` : failure, true);
 }
 
 function stop() {
