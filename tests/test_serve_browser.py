@@ -200,6 +200,7 @@ def test_the_page_in_a_browser(browser, trained, serve_page, tmp_path):
     page.fill("#prompt", PROMPT)
     wait_for_text(page, len(PROMPT))
     assert "error" not in page.get_attribute("#status", "class")
+    assert page.locator(".bar").count() == 21
     assert errors == []
 
 

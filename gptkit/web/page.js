@@ -101,6 +101,7 @@ async function analyse(body, note = "") {
   }
   if (mine !== page.request) return false;
   show(analysis);
+  say(note);  // at once: an error shown before is over
   afterPaint(() => {
     page.timings.analyse_ms.push(performance.now() - started);
     page.timings.model_ms.push(analysis.model_ms);
