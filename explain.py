@@ -27,8 +27,8 @@ from gptkit.checkpoint import find_checkpoint, load_checkpoint
 from gptkit.data import dataset_meta, is_prepared, model_vocab_size
 from gptkit.hardware import flops_per_token, resolve_device
 from gptkit.hf import pretrained_folder, read_config
-from gptkit.inside import (analogy, attention_weights, embedding_table, label, logit_lens, map_tokens, nearest, pca_2d,
-                           next_token_probs, trace)
+from gptkit.inside import (analogy, attention_weights, embedding_table, label, logit_lens, map_tokens, nearest,
+                           next_token_probs, pca_2d, trace)
 from gptkit.plots import save_png
 from gptkit.sampling import check_init_from, check_sampling, load_chosen, prompt_file, read_prompt, unescape
 from gptkit.serve import Explorer, serve
