@@ -6,10 +6,12 @@
     python explain.py attention --start='ROMEO:' --position=-1  # every layer's and head's attention weights
     python explain.py embeddings --token=e --analogy=T,t,s      # nearest tokens, T - t + s, a 2-D map
     python explain.py lens --start='ROMEO:'                     # the logit lens: the guess after each layer
+    python explain.py serve --port=8000                         # all of them live, in a web page
 
-Each view prints a table and writes a picture (--out, default explain_VIEW.png). The model is
-read from out_dir/best.pt (else ckpt.pt) or --checkpoint, as sample.py reads it; summary reads
-training config files too, and builds the model on the meta device: any size, no memory.
+Each view prints a table and writes a picture (--out, default explain_VIEW.png); serve serves a
+local page instead, until Ctrl-C. The model is read from out_dir/best.pt (else ckpt.pt) or
+--checkpoint, as sample.py reads it, or --init_from=gpt2 (or a Hugging Face GPT-2 folder); summary
+reads training config files too, and builds the model on the meta device: any size, no memory.
 """
 
 import re
@@ -21,13 +23,15 @@ from typing import Optional
 import torch
 from torch.nn import functional as F
 
-from gptkit import attention
 from gptkit.checkpoint import find_checkpoint, load_checkpoint
-from gptkit.data import CharCodec, dataset_meta, is_prepared, model_vocab_size
+from gptkit.data import dataset_meta, is_prepared, model_vocab_size
 from gptkit.hardware import flops_per_token, resolve_device
+from gptkit.hf import pretrained_folder, read_config
+from gptkit.inside import (analogy, attention_weights, embedding_table, label, logit_lens, map_tokens, nearest,
+                           next_token_probs, pca_2d, trace)
 from gptkit.plots import save_png
-from gptkit.sampling import (check_sampling, load_model, prompt_file, read_prompt, sampling_probs, token_label,
-                             unescape)
+from gptkit.sampling import check_init_from, check_sampling, load_chosen, prompt_file, read_prompt, unescape
+from gptkit.serve import Explorer, serve
 from gptkit.settings import UserError, load_settings, run_cli, settings_from, split_arguments
 from gptkit.train_settings import TrainConfig
 from model import GPT, GPTConfig
@@ -35,6 +39,7 @@ from model import GPT, GPTConfig
 
 @dataclass
 class ExplainConfig:
+    init_from: str = "resume"  # 'resume': the model in out_dir; or GPT-2's weights: 'gpt2', ..., or a folder of them
     out_dir: str = "out-shakespeare-char"  # the folder train.py wrote
     checkpoint: Optional[str] = None  # a checkpoint file; default: out_dir/best.pt, else out_dir/ckpt.pt
     out: Optional[str] = None  # the picture to write; default: explain_VIEW.png
@@ -49,6 +54,8 @@ class ExplainConfig:
     points: int = 150  # embeddings: tokens on the map (BPE: the first merges after the 256 bytes)
     untied: bool = False  # summary: count an unembedding of its own (vocab x width), not tied to the embedding
     vocab_size: Optional[int] = None  # summary: for a config file that leaves vocab_size to its data
+    host: str = "127.0.0.1"  # serve: the address to listen on (0.0.0.0: every network the machine is on)
+    port: int = 8000  # serve: the port to listen on (0: any free one)
     device: str = "auto"
 
     def __post_init__(self):
@@ -60,6 +67,9 @@ class ExplainConfig:
             raise ValueError(f"top must be at least 1 and points at least 3, got {self.top} and {self.points}")
         if self.analogy is not None and len(self.analogy.split(",")) != 3:
             raise ValueError(f"analogy takes three tokens a,b,c (for a - b + c), got {self.analogy!r}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0 to 65535 (0: any free one), got {self.port}")
+        check_init_from(self.init_from)
 
 
 def temperature_list(text):
@@ -71,13 +81,9 @@ def temperature_list(text):
 
 # ----------------------------------------------------------------------------- tokens and tables
 
-def label(codec, token, picture=False):
-    """A token as text to show: quoted in a table ('\\n', ' the'), in a picture with a visible
-    space (␣the); a token that is part of a character (BPE) shows as its id: #94."""
-    shown = token_label(token, codec.decode([token]))
-    if not picture or shown.startswith("#"):
-        return shown
-    return shown[1:-1].replace(" ", "␣").replace("$", r"\$")  # a lone $ is not maths to matplotlib
+def picture_label(codec, token):
+    """label(codec, token, picture=True), a lone $ escaped (it is not maths to matplotlib)."""
+    return label(codec, token, picture=True).replace("$", r"\$")
 
 
 def token_id(codec, text, setting):
@@ -180,6 +186,8 @@ def parameter_counts(model, untied=False):
 
 def summary_config(config, files):
     """The GPTConfig to summarise: that of the training config files, else the checkpoint's."""
+    if not files and config.init_from != "resume":
+        return read_config(pretrained_folder(config.init_from)), config.init_from
     if not files:
         path = find_checkpoint(config.out_dir, config.checkpoint)
         saved = load_checkpoint(path, mmap=True)["model_config"]
@@ -261,26 +269,7 @@ def summary_figure(counts, memory, title):
     return fig
 
 
-# ----------------------------------------------------------------------------- a forward pass, recorded
-
-def trace(model, idx):
-    """Run the model's own forward pass on idx (1, T) and record, through hooks, what flows
-    through it: logits (T, V); streams (n_layer + 1, T, C), the residual stream into the first
-    block and out of each block; inputs, each block's attention input (1, T, C) (after ln_1)."""
-    blocks = model.transformer.h
-    streams, inputs = [], []
-    hooks = [blocks[0].register_forward_pre_hook(lambda module, args: streams.append(args[0]))]
-    for block in blocks:
-        hooks.append(block.register_forward_hook(lambda module, args, out: streams.append(out)))
-        hooks.append(block.attn.register_forward_pre_hook(lambda module, args: inputs.append(args[0])))
-    try:
-        with torch.no_grad():
-            logits, _ = model(idx)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return logits[0], torch.cat(streams), inputs
-
+# ----------------------------------------------------------------------------- the model and the prompt
 
 def prompt_ids(model, codec, config):
     """The prompt as (1, T) ids; it must fit the model's context, which these views show whole."""
@@ -292,18 +281,11 @@ def prompt_ids(model, codec, config):
 
 
 def load(config):
-    return load_model(find_checkpoint(config.out_dir, config.checkpoint), resolve_device(config.device))
+    _, model, codec = load_chosen(config.init_from, config.out_dir, config.checkpoint, resolve_device(config.device))
+    return model, codec
 
 
 # ----------------------------------------------------------------------------- next
-
-def next_token_probs(model, idx, temperatures, top_k=None, top_p=None, vocab_limit=None):
-    """(logits (V,), probs (len(temperatures), V)): the distributions sample.py draws the token
-    after idx (1, T) from, its logits taken as its sampler takes them (model.generate_stream)."""
-    _, logits = list(model.generate_stream(idx, 1))[0]
-    logits = logits[:, :vocab_limit]  # ids past the codec's vocabulary pad the model's: never drawn
-    return logits[0], torch.cat([sampling_probs(logits, t, top_k, top_p) for t in temperatures])
-
 
 def next_view(config, files):
     model, codec = load(config)
@@ -319,7 +301,7 @@ def next_view(config, files):
     print(f"after {prompt_tail(codec, idx[0].tolist())!r}: the probabilities sample.py draws the next token "
           f"with{cut}")
     print(format_table(["next token"] + [f"T={t:g}" for t in temperatures], rows))
-    return next_figure(probs[:, tokens], temperatures, [label(codec, t, picture=True) for t in tokens],
+    return next_figure(probs[:, tokens], temperatures, [picture_label(codec, t) for t in tokens],
                        f"the next token after {prompt_tail(codec, idx[0].tolist())!r}{cut}")
 
 
@@ -348,16 +330,6 @@ def next_figure(probs, temperatures, labels, title):
 
 # ----------------------------------------------------------------------------- attention
 
-def attention_weights(model, idx):
-    """(n_layer, n_head, T, T): each layer's and head's attention weights on idx (1, T), row i the
-    distribution over positions 0..i that the model's forward pass averages the values with."""
-    _, _, inputs = trace(model, idx)
-    rotary = model.rotary(0, idx.size(1))
-    with torch.no_grad():
-        return torch.cat([attention.attention_weights(*block.attn.heads(x, rotary)[:2], is_causal=True)
-                          for block, x in zip(model.transformer.h, inputs)])
-
-
 def attention_view(config, files):
     model, codec = load(config)
     idx = prompt_ids(model, codec, config)
@@ -377,7 +349,7 @@ def attention_view(config, files):
         rows.append([f"layer {layer + 1} head {head + 1}"] + [f"{j} {label(codec, ids[j])} {w:.2f}" for w, j in
                                                               zip(top.values.tolist(), top.indices.tolist())])
     print(format_table(["layer, head"] + [f"#{i + 1}" for i in range(count)], rows))
-    return attention_figure(weights, [label(codec, t, picture=True) for t in ids], position)
+    return attention_figure(weights, [picture_label(codec, t) for t in ids], position)
 
 
 def attention_figure(weights, labels, position):
@@ -407,31 +379,9 @@ def attention_figure(weights, labels, position):
 
 # ----------------------------------------------------------------------------- embeddings
 
-def nearest(table, vector, count, exclude=()):
-    """[(id, cosine similarity)] of the count rows of table (V, C) nearest vector (C,), best first,
-    leaving out the ids in exclude."""
-    similarity = F.cosine_similarity(table, vector[None], dim=-1)
-    similarity[list(exclude)] = -float("inf")
-    top = similarity.topk(min(count, table.size(0) - len(set(exclude))))
-    return list(zip(top.indices.tolist(), top.values.tolist()))
-
-
-def analogy(table, a, b, c, count):
-    """The tokens nearest table[a] - table[b] + table[c] (king - man + woman), a, b and c left out."""
-    return nearest(table, table[a] - table[b] + table[c], count, exclude={a, b, c})
-
-
-def pca_2d(vectors):
-    """(N, C) -> ((N, 2), the share of the variance each of the two axes holds): the vectors
-    projected onto their two directions of greatest variance."""
-    centred = vectors - vectors.mean(dim=0)
-    _, s, v = torch.linalg.svd(centred, full_matrices=False)
-    return centred @ v[:2].T, (s[:2] ** 2 / (s ** 2).sum()).tolist()
-
-
 def embeddings_view(config, files):
     model, codec = load(config)
-    table = model.transformer.wte.weight[:codec.vocab_size].detach().float().cpu()  # (V, C)
+    table = embedding_table(model, codec)  # (V, C)
     marked = {}  # id -> its colour on the map
     if config.token is not None:
         token = token_id(codec, config.token, "token")
@@ -445,14 +395,11 @@ def embeddings_view(config, files):
         print(f"nearest {label(codec, a)} - {label(codec, b)} + {label(codec, c)} (a, b and c left out):")
         print(format_table(["token", "cosine"], [[label(codec, i), f"{s:.3f}"] for i, s in found]) + "\n")
         marked.update({a: "tab:green", b: "tab:green", c: "tab:green"} | {i: "tab:purple" for i, _ in found[:1]})
-    # BPE: the first merges after the 256 single bytes, the pairs most common in GPT-2's training
-    # text (short words and pieces of words), rather than bytes most of which never occur alone.
-    first = 0 if isinstance(codec, CharCodec) else 256
-    shown = sorted(set(range(first, min(first + config.points, codec.vocab_size))) | set(marked))
+    shown = sorted(set(map_tokens(codec, config.points)) | set(marked))
     points, variance = pca_2d(table[shown])
     print(f"{len(shown)} token embeddings ({table.size(1)} numbers each) projected on their 2 principal "
           f"axes, which hold {variance[0]:.1%} and {variance[1]:.1%} of the variance")
-    return embeddings_figure(points, [label(codec, t, picture=True) for t in shown],
+    return embeddings_figure(points, [picture_label(codec, t) for t in shown],
                              [marked.get(t, "tab:blue") for t in shown], variance)
 
 
@@ -482,16 +429,6 @@ def embeddings_figure(points, labels, colours, variance):
 
 # ----------------------------------------------------------------------------- lens
 
-def logit_lens(model, streams):
-    """streams (n_layer + 1, T, C) -> logits (n_layer + 1, T, V): what the model would predict from
-    the residual stream at each depth, through the final LayerNorm and the unembedding as forward
-    applies them after the last block (so the last row is the model's own logits)."""
-    with torch.no_grad():
-        logits = model.lm_head(model.transformer.ln_f(streams))
-        cap = model.config.logit_softcap
-        return cap * torch.tanh(logits / cap) if cap else logits
-
-
 def lens_view(config, files):
     model, codec = load(config)
     idx = prompt_ids(model, codec, config)
@@ -508,7 +445,7 @@ def lens_view(config, files):
                                                       zip(top.indices[d, t].tolist(), top.values[d, t].tolist()))
                         for d, depth in enumerate(depths)))
     return lens_figure(top.values[..., 0], top.indices[..., 0], ids, depths,
-                       lambda token: label(codec, token, picture=True))
+                       lambda token: picture_label(codec, token))
 
 
 def lens_figure(probs, guesses, ids, depths, name):
@@ -539,10 +476,19 @@ def lens_figure(probs, guesses, ids, depths, name):
     return fig
 
 
+# ----------------------------------------------------------------------------- serve
+
+def serve_view(config, files):
+    """The live page (gptkit/serve.py) until Ctrl-C: no picture to write."""
+    path, model, codec = load_chosen(config.init_from, config.out_dir, config.checkpoint,
+                                     resolve_device(config.device))
+    serve(Explorer(model, codec, path, config.points), config.host, config.port)
+
+
 # ----------------------------------------------------------------------------- the command line
 
 VIEWS = {"summary": summary, "next": next_view, "attention": attention_view, "embeddings": embeddings_view,
-         "lens": lens_view}
+         "lens": lens_view, "serve": serve_view}
 
 
 def explain(argv):
@@ -558,6 +504,8 @@ def explain(argv):
         raise UserError(f"{view} reads a checkpoint (--out_dir=... or --checkpoint=...), not a file: {files[0]}")
     config = settings_from(ExplainConfig, [], overrides)
     picture = VIEWS[view](config, files)
+    if picture is None:  # serve
+        return
     path = config.out or f"explain_{view}.png"
     try:
         save_png(picture, path)

@@ -17,13 +17,11 @@ from typing import Optional
 
 import torch
 
-from gptkit.checkpoint import find_checkpoint
 from gptkit.files import atomic_write
 from gptkit.hardware import resolve_device, resolve_dtype
-from gptkit.hf import PRETRAINED, is_pretrained
 from gptkit.runlog import progress
-from gptkit.sampling import (Sample, TokenSampler, candidates, check_sampling, filtered_probs, load_model,
-                             load_pretrained, prompt_file, read_prompt, sampling_context, token_label, unescape)
+from gptkit.sampling import (Sample, TokenSampler, candidates, check_init_from, check_sampling, filtered_probs,
+                             load_chosen, prompt_file, read_prompt, sampling_context, token_label, unescape)
 from gptkit.settings import UserError, load_settings, run_cli
 
 
@@ -54,10 +52,7 @@ class SampleConfig:
         self.start = unescape(self.start) if prompt_file(self.start) is None else self.start
         self.stop = unescape(self.stop) if self.stop else self.stop
         check_sampling(self.temperature, self.top_k, self.top_p)
-        if self.init_from != "resume" and not is_pretrained(self.init_from):
-            raise ValueError(f"init_from must be 'resume' (the checkpoint in out_dir), a GPT-2 model "
-                             f"({', '.join(PRETRAINED)}) or a folder holding one in Hugging Face's format, "
-                             f"got {self.init_from!r}")
+        check_init_from(self.init_from)
         if self.num_samples < 1 or self.max_new_tokens < 0 or self.show_probs < 0:
             raise ValueError("num_samples must be >= 1, max_new_tokens and show_probs >= 0")
         if self.stop == "":
@@ -97,11 +92,7 @@ def sample(config, out=None):
               "compiled model would recompile for); the KV cache is what makes it fast", file=sys.stderr)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    if config.init_from == "resume":
-        path = find_checkpoint(config.out_dir, config.checkpoint)
-        model, codec = load_model(path, device)
-    else:
-        path, (model, codec) = Path(config.init_from), load_pretrained(config.init_from, device)
+    path, model, codec = load_chosen(config.init_from, config.out_dir, config.checkpoint, device)
     prompt = read_prompt(config.start, codec)
     idx = torch.tensor([prompt] * config.num_samples, dtype=torch.long, device=device)
     generators = [torch.Generator(device=device).manual_seed(config.seed + i) for i in range(config.num_samples)]

@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from gptkit.checkpoint import load_checkpoint
+from gptkit.checkpoint import find_checkpoint, load_checkpoint
 from gptkit.cpu import keep_freed_memory, sampling_precision, use_cpu_kernels
 from gptkit.data import codec_from_meta, meta_problem
-from gptkit.hf import gpt2_meta, load_gpt2
+from gptkit.hf import PRETRAINED, gpt2_meta, is_pretrained, load_gpt2
 from gptkit.settings import UserError, reason
 from model import GPT, GPTConfig
 
@@ -110,6 +110,22 @@ def load_pretrained(name_or_path, device):
     """GPT-2's weights (see hf.PRETRAINED) and GPT-2's BPE."""
     model = load_gpt2(name_or_path)
     return model.to(device).eval(), codec_from_meta(gpt2_meta(model, name_or_path))
+
+
+def check_init_from(init_from):
+    if init_from != "resume" and not is_pretrained(init_from):
+        raise ValueError(f"init_from must be 'resume' (the checkpoint in out_dir), a GPT-2 model "
+                         f"({', '.join(PRETRAINED)}) or a folder holding one in Hugging Face's format, "
+                         f"got {init_from!r}")
+
+
+def load_chosen(init_from, out_dir, checkpoint, device):
+    """(the file or folder read, model, codec) of the settings every script that samples takes:
+    init_from 'resume' reads out_dir's checkpoint (or the checkpoint named), else GPT-2's weights."""
+    if init_from == "resume":
+        path = find_checkpoint(out_dir, checkpoint)
+        return (path, *load_model(path, device))
+    return (Path(init_from), *load_pretrained(init_from, device))
 
 
 def prompt_file(start):

@@ -58,3 +58,25 @@ def gpt2_codec(monkeypatch):
         return TiktokenCodec("gpt2")
     except UserError as e:
         pytest.skip(f"GPT-2 BPE files not available offline (set TIKTOKEN_CACHE_DIR): {e}")
+
+
+@pytest.fixture
+def serve_page():
+    """start(explorer) -> the base URL of gptkit.serve's page for it, served from a thread until
+    the test ends."""
+    import threading
+
+    from gptkit.serve import make_server
+
+    servers = []
+
+    def start(explorer):
+        server = make_server(explorer, "127.0.0.1", 0)
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

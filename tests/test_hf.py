@@ -185,7 +185,7 @@ def test_export_command_from_a_trained_checkpoint(tiny_train_args, tmp_path, mon
     train.main(tiny_train_args)
     assert export.main([f"--out_dir={tmp_path / 'out'}", f"--to={tmp_path / 'hf'}"]) in (0, None)
     assert "GPT2LMHeadModel.from_pretrained" in capsys.readouterr().out
-    from sample import load_model
+    from gptkit.sampling import load_model
 
     ours, codec = load_model(tmp_path / "out" / "best.pt", "cpu")
     theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()

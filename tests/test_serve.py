@@ -1,0 +1,411 @@
+"""Tests of explain.py serve through its HTTP API: the next-token distribution the page shows is
+the sampler's, after its filters; greedy text from the page is sample.py's; the same seed gives
+the same text; attention, the lens and the embedding map are explain.py's; every bad request
+gets a 4xx and {"error": ...} and the server goes on answering; only the page's files are served;
+a mistake at start is one line and exit status 2."""
+
+import base64
+import io
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+import explain
+import sample
+import train
+from gptkit import inside, serve
+from gptkit.datasets import prepare_shakespeare_char
+from gptkit.hf import export_gpt2
+from gptkit.sampling import load_chosen, sampling_probs
+from gptkit.serve import Explorer
+from gptkit.settings import load_settings
+from model import GPT, GPTConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?\nIt is the east.\n\n" * 30
+PROMPT = "ROMEO:\nBut"
+BLOCK = 32
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny character model trained for a few steps, as train.py writes it: its out_dir."""
+    root = tmp_path_factory.mktemp("serve")
+    (root / "input.txt").write_text(TEXT)
+    prepare_shakespeare_char(root / "data" / "tiny", str(root / "input.txt"))
+    args = [f"--data_dir={root / 'data'}", "--dataset=tiny", f"--out_dir={root / 'out'}", "--n_layer=2",
+            "--n_head=2", "--n_embd=32", f"--block_size={BLOCK}", "--batch_size=4", "--gradient_accumulation_steps=1",
+            "--max_iters=10", "--eval_interval=10", "--eval_iters=1", "--warmup_iters=2", "--lr_decay_iters=10",
+            "--device=cpu", "--dtype=float32"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        assert train.main(args) == 0
+    return root / "out"
+
+
+@pytest.fixture(scope="module")
+def explorer(trained):
+    path, model, codec = load_chosen("resume", trained, None, "cpu")
+    return Explorer(model, codec, path)
+
+
+@pytest.fixture
+def url(explorer, serve_page):
+    return serve_page(explorer)
+
+
+def request(url, path, body=None, raw=None, content_type="application/json", method=None):
+    """(status, the answer: JSON decoded, else bytes)"""
+    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": content_type} if data is not None else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url + path, data, headers, method=method), timeout=60) as r:
+            status, content, kind = r.status, r.read(), r.headers.get_content_type()
+    except urllib.error.HTTPError as e:
+        status, content, kind = e.code, e.read(), e.headers.get_content_type()
+    return status, json.loads(content) if kind == "application/json" else content
+
+
+def post(url, path, body):
+    status, answer = request(url, path, body)
+    assert status == 200, answer
+    return answer
+
+
+def generated(url, body):
+    """The token ids /api/generate streams, and its last line."""
+    status, content = request(url, "/api/generate", body)
+    assert status == 200, content
+    lines = [json.loads(line) for line in content.decode().splitlines()]
+    return [line["drawn"]["id"] for line in lines[:-1]], lines[-1]
+
+
+def sent_attention(answer, layers, heads):
+    """The attention weights an analysis sent (layers, heads, T, T): row i's weights 0..i, in 1/255 steps."""
+    T = len(answer["ids"])
+    sent = torch.frombuffer(bytearray(base64.b64decode(answer["attention"]["weights"])), dtype=torch.uint8)
+    weights = torch.zeros(layers, heads, T, T)
+    weights[:, :, torch.ones(T, T, dtype=torch.bool).tril()] = sent.float().view(layers, heads, -1) / 255
+    return weights
+
+
+def model_logits(explorer, ids):
+    with torch.no_grad():
+        return explorer.model(torch.tensor([ids]))[0][0, -1, :explorer.vocab_size]
+
+
+# ----------------------------------------------------------------------------- the page's files
+
+def test_the_page_and_only_its_files_are_served(url):
+    status, html = request(url, "/")
+    assert status == 200 and b'<script src="/page.js">' in html and b'href="/page.css"' in html
+    for path in ("/page.js", "/page.css"):
+        assert request(url, path)[0] == 200
+    # no path from the browser is opened: the files are a fixed table, not the folder
+    for path in ("/index.html", "/web/page.js", "/gptkit/web/page.js", "/../model.py", "/page.js/..", "/%2e%2e/model.py"):
+        status, answer = request(url, path)
+        assert status == 404 and "error" in answer
+    assert b"http://" not in html and b"https://" not in html  # nothing from the internet: no CDN
+
+
+# ----------------------------------------------------------------------------- the distribution
+
+@pytest.mark.parametrize("settings", [{}, {"temperature": 0.5, "top_k": 3}, {"temperature": 2.0, "top_p": 0.5},
+                                      {"temperature": 1.0, "top_k": 5, "top_p": 0.8}, {"temperature": 0}])
+def test_the_distribution_sums_to_one_after_the_filters(url, explorer, settings):
+    answer = post(url, "/api/analyse", {"text": PROMPT, **settings})
+    ids = explorer.codec.encode(PROMPT)
+    assert answer["ids"] == ids
+    nxt = answer["next"]
+    assert sum(nxt["probs"]) + nxt["rest"] == pytest.approx(1, abs=1e-4)
+    logits = model_logits(explorer, ids)
+    expected = sampling_probs(logits[None], settings.get("temperature", 1.0), settings.get("top_k"),
+                              settings.get("top_p"))[0]
+    assert nxt["ids"] == logits.argsort(descending=True, stable=True)[:20].tolist()
+    torch.testing.assert_close(torch.tensor(nxt["probs"]), expected[nxt["ids"]], atol=1e-5, rtol=0)
+    if settings.get("top_k") and not settings.get("top_p"):
+        assert sum(p > 0 for p in nxt["probs"]) == settings["top_k"]
+    # every token's logit, best first, for the page to filter as the sliders move
+    sent = torch.frombuffer(bytearray(base64.b64decode(nxt["logits"])), dtype=torch.float32)
+    torch.testing.assert_close(sent, logits.sort(descending=True).values, atol=1e-5, rtol=1e-5)
+
+
+def test_each_tokens_probability_and_candidates_are_the_models(url, explorer):
+    answer = post(url, "/api/analyse", {"text": PROMPT})
+    ids = answer["ids"]
+    with torch.no_grad():
+        probs = F.softmax(explorer.model(torch.tensor([ids]))[0][0, :-1, :explorer.vocab_size], dim=-1)
+    assert answer["given"][0] is None and answer["candidates"][0] is None
+    for t in range(1, len(ids)):
+        assert answer["given"][t] == pytest.approx(probs[t - 1, ids[t]].item(), abs=1e-5)
+        assert [i for i, _ in answer["candidates"][t]] == probs[t - 1].topk(5).indices.tolist()
+    assert {str(i) for i in ids} <= set(answer["vocab"])
+    assert answer["vocab"][str(ids[-1])] == {"label": "t", "text": "t"}
+    assert answer["vocab"][str(ids[6])] == {"label": "\\n", "text": "\n"}
+
+
+def test_attention_and_the_lens_are_explains(url, explorer):
+    answer = post(url, "/api/analyse", {"text": PROMPT})
+    idx = torch.tensor([answer["ids"]])
+    weights = sent_attention(answer, explorer.model.config.n_layer, explorer.model.config.n_head)
+    torch.testing.assert_close(weights, inside.attention_weights(explorer.model, idx), atol=0.5 / 255 + 1e-6, rtol=0)
+    _, streams, _ = inside.trace(explorer.model, idx)
+    lens = F.softmax(inside.logit_lens(explorer.model, streams)[..., :explorer.vocab_size], dim=-1).topk(3)
+    assert answer["lens"]["ids"] == lens.indices.tolist()
+    torch.testing.assert_close(torch.tensor(answer["lens"]["probs"]), lens.values, atol=1e-4, rtol=0)
+    assert answer["lens"]["depths"] == ["embeddings", "layer 1", "layer 2"]
+    assert answer["attention"]["layers"] == [0, 1]
+
+
+def test_where_every_layers_attention_is_too_much_the_layer_shown_comes_alone(url, explorer, monkeypatch):
+    monkeypatch.setattr(serve, "ATTENTION_LIMIT", 0)  # as for GPT-2 and a long text
+    answer = post(url, "/api/analyse", {"text": PROMPT, "layer": 1})
+    idx = torch.tensor([answer["ids"]])
+    assert answer["attention"]["layers"] == [1]
+    weights = sent_attention(answer, 1, explorer.model.config.n_head)
+    torch.testing.assert_close(weights, inside.attention_weights(explorer.model, idx)[1:], atol=0.5 / 255 + 1e-6, rtol=0)
+    assert request(url, "/api/analyse", {"text": PROMPT, "layer": 2})[0] == 400  # 2 layers: 0 and 1
+
+
+def test_the_embedding_map_and_neighbours_are_explains(url, explorer):
+    answer = request(url, "/api/embeddings")[1]
+    table = inside.embedding_table(explorer.model, explorer.codec)
+    assert answer["ids"] == inside.map_tokens(explorer.codec, 150)
+    points, variance = inside.pca_2d(table[answer["ids"]])
+    torch.testing.assert_close(torch.tensor(answer["points"]), points, atol=1e-4, rtol=0)
+    token = explorer.codec.encode("e")[0]
+    found = request(url, f"/api/neighbours?token={token}")[1]
+    assert [i for i, _ in found["neighbours"]] == [i for i, _ in inside.nearest(table, table[token], 10, {token})]
+
+
+# ----------------------------------------------------------------------------- drawing tokens
+
+def sample_py(trained, prompt, count, **settings):
+    config = load_settings(sample.SampleConfig, [f"--out_dir={trained}", f"--start={prompt}", "--device=cpu",
+                                                 "--dtype=float32", f"--max_new_tokens={count}", "--show_probs=0"]
+                           + [f"--{k}={v}" for k, v in settings.items()])
+    return sample.sample(config, out=io.StringIO())[0]
+
+
+def test_greedy_text_from_the_page_is_sample_pys(url, explorer, trained):
+    count = BLOCK - len(PROMPT)
+    tokens, last = generated(url, {"text": PROMPT, "n": count, "temperature": 0})
+    assert last == {"done": count, "stopped": None}
+    assert explorer.codec.decode(tokens) == sample_py(trained, PROMPT, count, temperature=0)
+    ids, rng = explorer.codec.encode(PROMPT), None  # Sample, pressed again and again: the same text
+    for _ in range(count):
+        answer = post(url, "/api/sample", {"ids": ids, "temperature": 0, "rng": rng})
+        ids, rng = ids + [answer["drawn"]["id"]], answer["drawn"]["rng"]
+        assert answer["analysis"]["ids"] == ids
+    assert ids[len(PROMPT):] == tokens
+
+
+def test_the_same_seed_gives_the_same_text(url, explorer, trained):
+    body = {"text": PROMPT, "n": 12, "temperature": 1.5, "top_p": 0.95, "seed": 7}
+    first, _ = generated(url, body)
+    assert generated(url, body)[0] == first
+    assert generated(url, {**body, "seed": 8})[0] != first
+    # as sample.py draws with that seed, and the same when drawn a few tokens at a time
+    assert explorer.codec.decode(first) == sample_py(trained, PROMPT, 12, temperature=1.5, top_p=0.95, seed=7)
+    ids, rng = explorer.codec.encode(PROMPT), None
+    for count in (1, 4, 7):
+        status, content = request(url, "/api/generate", {**body, "ids": ids, "rng": rng, "n": count})
+        lines = [json.loads(line) for line in content.decode().splitlines()]
+        ids, rng = ids + [line["drawn"]["id"] for line in lines[:-1]], lines[-2]["drawn"]["rng"]
+    assert ids[len(PROMPT):] == first
+
+
+def test_a_drawn_token_comes_with_the_distribution_it_was_drawn_from(url, explorer):
+    answer = post(url, "/api/sample", {"text": PROMPT, "temperature": 0.7, "top_k": 4, "seed": 3})
+    drawn = answer["drawn"]
+    probs = sampling_probs(model_logits(explorer, explorer.codec.encode(PROMPT))[None], 0.7, 4)[0]
+    assert drawn["prob"] == pytest.approx(probs[drawn["id"]].item(), abs=1e-5)
+    assert [i for i, _ in drawn["candidates"]][:4] == probs.topk(4).indices.tolist()
+    assert sum(p for _, p in drawn["candidates"]) == pytest.approx(1, abs=1e-5)
+
+
+def test_generate_stops_at_the_context(url, explorer):
+    tokens, last = generated(url, {"text": PROMPT, "n": 100, "temperature": 0})
+    assert len(tokens) == BLOCK - len(PROMPT) and last["done"] == len(tokens)
+    assert "context" in last["stopped"]
+    status, answer = request(url, "/api/sample", {"ids": explorer.codec.encode(PROMPT) + tokens})
+    assert status == 400 and "fills the model's context" in answer["error"]
+
+
+# ----------------------------------------------------------------------------- bad requests
+
+BAD = [  # (path, body or raw bytes, status, a fragment of the message)
+    ("/api/analyse", {"text": ""}, 400, "the prompt is empty"),
+    ("/api/analyse", {"text": "R" * (BLOCK + 1)}, 400, f"longer than the model's context ({BLOCK})"),
+    ("/api/analyse", {"text": "ROMEO@"}, 400, "outside the model's vocabulary: '@'"),
+    ("/api/analyse", {"ids": [0, 999]}, 400, "token 999 is outside the vocabulary"),
+    ("/api/analyse", {"ids": [0, -1]}, 400, "token -1 is outside the vocabulary"),
+    ("/api/analyse", {"ids": "abc"}, 400, "list of token ids"),
+    ("/api/analyse", {"ids": [1.5]}, 400, "list of token ids"),
+    ("/api/analyse", {}, 400, 'give the prompt as "text"'),
+    ("/api/analyse", b"{not json", 400, "not JSON"),
+    ("/api/analyse", b"[1, 2]", 400, "a JSON object"),
+    ("/api/analyse", b"\xff\xfe", 400, "not JSON"),
+    ("/api/analyse", {"text": "R", "temperature": -1}, 400, "temperature must be"),
+    ("/api/analyse", {"text": "R", "temperature": "hot"}, 400, "temperature must be a number"),
+    ("/api/analyse", {"text": "R", "top_k": 0}, 400, "top_k must be at least 1"),
+    ("/api/analyse", {"text": "R", "top_p": 1.5}, 400, "top_p must be in (0, 1]"),
+    ("/api/sample", {"text": "R", "seed": -1}, 400, "seed must be an integer"),
+    ("/api/sample", {"text": "R", "rng": "AAAA.forged"}, 400, "not a sampler state this server gave"),
+    ("/api/sample", {"text": "R", "rng": "AAAA.é"}, 400, "not a sampler state this server gave"),
+    ("/api/sample", {"text": "R", "rng": 12}, 400, "not a sampler state this server gave"),
+    ("/api/generate", {"text": "R", "n": 0}, 400, "n must be an integer from 1"),
+    ("/api/generate", {"text": "R", "n": True}, 400, "n must be an integer"),
+    ("/api/nothing", {"text": "R"}, 404, "no such request"),
+]
+
+
+@pytest.mark.parametrize("path, body, status, fragment", BAD)
+def test_a_bad_request_gets_4xx_and_the_server_goes_on(url, path, body, status, fragment):
+    raw = body if isinstance(body, bytes) else None
+    got, answer = request(url, path, None if raw else body, raw=raw)
+    assert (got, list(answer)) == (status, ["error"]), answer
+    assert fragment in answer["error"]
+    assert "Traceback" not in answer["error"]
+    assert request(url, "/api/analyse", {"text": PROMPT})[0] == 200
+
+
+def test_malformed_http_gets_4xx_json_and_the_server_goes_on(url):
+    assert request(url, "/api/analyse", {"text": "R"}, content_type="text/plain")[0] == 415
+    assert request(url, "/api/neighbours?token=abc")[0] == 400
+    assert request(url, "/api/neighbours?token=99999")[0] == 400
+    status, answer = request(url, "/api/model", {"x": 1}, method="PUT")
+    assert status == 501 and "error" in answer
+    host, port = url.removeprefix("http://").split(":")
+    json_post = b"POST /api/analyse HTTP/1.1\r\nContent-Type: application/json\r\n"
+    for raw, status in [(b"NONSENSE\r\n\r\n", None),  # not even HTTP/1: answered as HTTP/0.9, a body alone
+                        (json_post + b"\r\n", "411"),
+                        (json_post + b"Content-Length: 99999999\r\n\r\n", "413")]:
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(raw)
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+        answer = answer.decode("latin-1")
+        assert status is None or answer.split()[1] == status, answer
+        assert '{"error": ' in answer
+    assert request(url, "/api/model")[0] == 200
+
+
+def test_a_bug_of_ours_gets_500_with_what_failed_and_the_server_goes_on(url, explorer, monkeypatch, capsys):
+    def broken(*args):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(explorer, "analyse", broken)
+    status, answer = request(url, "/api/analyse", {"text": PROMPT})
+    assert status == 500 and "RuntimeError: a bug" in answer["error"] and "still up" in answer["error"]
+    assert "Traceback" in capsys.readouterr().err  # for whoever runs the server: where the bug is
+    monkeypatch.undo()
+    assert request(url, "/api/analyse", {"text": PROMPT})[0] == 200
+
+
+def test_two_tabs_at_once_get_their_own_answers(url):
+    prompts = ["ROMEO:\nBut", "It is the east", "But soft, what", "light through"]
+    alone = {p: post(url, "/api/analyse", {"text": p}) for p in prompts}
+    answers = {}
+
+    def ask(prompt, n):
+        answers[prompt, n] = request(url, "/api/analyse", {"text": prompt})
+
+    threads = [threading.Thread(target=ask, args=(p, n)) for n in range(8) for p in prompts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(answers) == len(threads)
+    for (prompt, _), (status, answer) in answers.items():
+        assert status == 200, answer
+        assert {**answer, "model_ms": 0} == {**alone[prompt], "model_ms": 0}
+
+
+def test_a_bpe_model_shows_a_piece_of_a_character_as_its_id(gpt2_codec, serve_page):
+    model = GPT(GPTConfig(block_size=16, vocab_size=50304, n_layer=1, n_head=2, n_embd=16))
+    url = serve_page(Explorer(model.eval(), gpt2_codec, "gpt2-shaped"))
+    ids = gpt2_codec.encode("a 🦜")
+    answer = post(url, "/api/analyse", {"text": "a 🦜"})
+    assert answer["ids"] == ids and len(ids) > 2
+    labels = [answer["vocab"][str(i)] for i in ids]
+    assert labels[0] == {"label": "a", "text": "a"}
+    pieces = [t for t in labels if t["text"] is None]
+    assert pieces and all(t["label"].startswith("#") for t in pieces)
+    assert len(base64.b64decode(answer["next"]["logits"])) == 4 * gpt2_codec.vocab_size  # no padding rows
+    tokens, _ = generated(url, {"ids": ids, "n": 3, "temperature": 0})
+    assert all(t < gpt2_codec.vocab_size for t in tokens)
+
+
+# ----------------------------------------------------------------------------- the command
+
+def test_the_command_serves_gpt2_weights_from_a_folder(gpt2_codec, tmp_path, monkeypatch, capsys):
+    model = GPT(GPTConfig(block_size=32, vocab_size=50257, n_layer=1, n_head=2, n_embd=16))
+    export_gpt2(model, gpt2_codec, tmp_path / "gpt2-local")  # a Hugging Face GPT-2 folder, as --init_from=FOLDER reads
+    served = []
+    monkeypatch.setattr(explain, "serve", lambda explorer, host, port: served.append((explorer, host, port)))
+    assert explain.main(["serve", f"--init_from={tmp_path / 'gpt2-local'}", "--port=8123", "--device=cpu"]) == 0
+    (explorer, host, port), = served
+    assert (host, port, explorer.source, explorer.vocab_size) == ("127.0.0.1", 8123, str(tmp_path / "gpt2-local"), 50257)
+    assert explorer.analyse(gpt2_codec.encode("Hello world"))["vocab"][str(gpt2_codec.encode(" world")[0])]["label"] == "␣world"
+    # the other views take --init_from too
+    assert explain.main(["lens", f"--init_from={tmp_path / 'gpt2-local'}", "--start=Hello world", "--device=cpu",
+                         f"--out={tmp_path / 'lens.png'}"]) == 0
+    assert "position 1, ' world'" in capsys.readouterr().out
+
+
+def error_line(capsys, excinfo):
+    assert excinfo.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--out_dir=nothing-here"], "no checkpoint at nothing-here"),
+    (["--port=70000"], "port must be in 0 to 65535"),
+    (["--port=eighty"], "port: expected int"),
+    (["--host=10.9.9.9"], "cannot listen on 10.9.9.9:8000 (Cannot assign requested address)"),
+    (["--init_from=no-such-folder"], "init_from must be"),
+])
+def test_a_mistake_at_start_is_one_line(trained, capsys, args, fragment):
+    with pytest.raises(SystemExit) as excinfo:
+        explain.main(["serve", f"--out_dir={trained}", "--device=cpu", *args])
+    assert fragment in error_line(capsys, excinfo)
+
+
+def test_a_port_in_use_is_one_line(trained, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as excinfo:
+            explain.main(["serve", f"--out_dir={trained}", "--device=cpu", f"--port={port}"])
+    assert f"port {port} on 127.0.0.1 is in use" in error_line(capsys, excinfo)
+
+
+@pytest.mark.slow
+def test_the_command_prints_the_url_serves_and_ends_quietly_at_ctrl_c(trained):
+    server = subprocess.Popen([sys.executable, "explain.py", "serve", f"--out_dir={trained}", "--port=0",
+                               "--device=cpu"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [server.stdout.readline(), server.stdout.readline()]
+        assert "2 layers, 2 heads, 32 wide" in lines[0], lines
+        url = lines[1].split("serving the page at ")[1].split()[0].rstrip("/")
+        assert request(url, "/api/model")[1]["block_size"] == BLOCK
+        assert request(url, "/api/analyse", {"text": PROMPT})[0] == 200
+        server.send_signal(signal.SIGINT)
+        _, err = server.communicate(timeout=30)
+    finally:
+        server.kill()
+    assert server.returncode == 130 and err.strip() == "", err
