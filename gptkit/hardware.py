@@ -3,6 +3,7 @@
 import functools
 import re
 import time
+import warnings
 from contextlib import nullcontext
 
 import torch
@@ -152,4 +153,7 @@ def autocast_context(device, dtype):
     """The one place mixed precision is switched on: weights stay float32, matmuls run in dtype."""
     if dtype == "float32":
         return nullcontext()
+    # RMSNorm of a bfloat16 input with its float32 weight is what autocast intends; torch's warning
+    # that this takes its unfused kernel says nothing a user can act on.
+    warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
     return torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, dtype))

@@ -347,6 +347,27 @@ def test_a_bpe_model_shows_a_piece_of_a_character_as_its_id(gpt2_codec, serve_pa
     assert all(t < gpt2_codec.vocab_size for t in tokens)
 
 
+def test_a_model_of_its_own_bpe_and_newer_parts_is_served(tmp_path, serve_page):
+    from gptkit.datasets import train_bpe
+    from gptkit.data import BPECodec
+
+    text = "Naïve café owners sang déjà vu, and the river flowed on.\n" * 30
+    codec = BPECodec(train_bpe([text], 300)[0])
+    model = GPT(GPTConfig(block_size=16, vocab_size=320, n_layer=2, n_head=2, n_embd=16, pos_encoding="rope",
+                          norm="rmsnorm", qk_norm=True, activation="relu2", tie_embeddings=False, logit_softcap=15.0))
+    url = serve_page(Explorer(model.eval(), codec, "own-bpe"))
+    ids = codec.encode("the café 🦜")
+    answer = post(url, "/api/analyse", {"text": "the café 🦜"})
+    assert answer["ids"] == ids
+    labels = [answer["vocab"][str(i)] for i in ids]
+    assert labels[0]["text"] == "the" and "".join(t["text"] or "" for t in labels[:-4]) == "the café "
+    assert all(t["text"] is None and t["label"] == f"#{i}" for t, i in zip(labels[-4:], ids[-4:]))  # 🦜's 4 bytes
+    assert len(base64.b64decode(answer["next"]["logits"])) == 4 * codec.vocab_size
+    assert len(answer["lens"]["depths"]) == 3 and answer["attention"]["heads"] == 2
+    tokens, _ = generated(url, {"ids": ids, "n": 3, "temperature": 0})
+    assert len(tokens) == 3 and all(t < codec.vocab_size for t in tokens)
+
+
 # ----------------------------------------------------------------------------- the command
 
 def test_the_command_serves_gpt2_weights_from_a_folder(gpt2_codec, tmp_path, monkeypatch, capsys):

@@ -1,0 +1,34 @@
+# The CPU speedrun's model on tiny Shakespeare in a BPE of its own (1,024 tokens, learned from
+# the training text): in the same 3 minutes it scores better per byte than characters, 2.123
+# bits per byte against 2.196 (docs/performance.md, "Which tokenizer"). Compare runs of
+# different tokenizers by val_bpb (plot.py --y bpb), not by val loss, which is per token.
+out_dir = "out-shakespeare-bpe-cpu"
+eval_interval = 500
+eval_iters = 40
+log_interval = 100
+always_save_checkpoint = False  # only save when val improves
+
+dataset = "shakespeare_bpe"  # prepared on first use (prepare/shakespeare_bpe.py)
+gradient_accumulation_steps = 1
+batch_size = 12
+block_size = 64  # tokens of context: about 155 characters
+
+n_layer = 4
+n_head = 4
+n_embd = 128
+dropout = 0.1  # 2.4 characters a token: the model sees its 411K training tokens 7 times, and overfits without
+pos_encoding = "rope"
+norm = "rmsnorm"
+qk_norm = True
+activation = "relu2"
+tie_embeddings = False
+logit_softcap = 15.0
+compile = True
+
+optimizer = "muon"
+learning_rate = 3e-3
+max_iters = 3800  # a step with dropout costs twice one without (attention is written out): 3 minutes
+lr_decay_iters = max_iters
+min_lr = learning_rate / 10
+beta2 = 0.99
+warmup_iters = 100
