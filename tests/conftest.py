@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny model config and tiny token files made on the fly."""
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,11 @@ import torch
 
 from model import GPTConfig
 from gptkit.datasets import prepare_shakespeare_char
+
+# A shell starts a background job (`pytest &`, nohup) with SIGINT ignored, which the programs the
+# tests start and interrupt with it would inherit; with Python's own handler here, they start
+# with the default, as from a terminal.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # The models here are tiny: more threads only add overhead, and contend with each other on a busy machine.
 torch.set_num_threads(1)
