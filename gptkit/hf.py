@@ -149,7 +149,8 @@ def export_gpt2(model, codec, folder):
     problem = not_gpt2(model.config)
     if problem:
         raise UserError(f"this model has {problem}, which a Hugging Face GPT-2 folder cannot hold; only a model "
-                        f"of GPT-2's shape exports (train one without that setting)")
+                        f"of GPT-2's shape exports: train one without that setting (configs/gpt2_parts.py after its config "
+                        f"puts all of GPT-2's parts back)")
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"--to {folder} is a file; name a folder to write the model into")
