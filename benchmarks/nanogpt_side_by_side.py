@@ -10,9 +10,8 @@ sample.py as separate processes on this machine, taking turns, with the ratios.
 Training: nanoGPT's train.py with its README's commands (on a CPU: its CPU recipe, 0.8M, and its
 Shakespeare model, 10.65M, both --device=cpu --compile=False; on a GPU: GPT-2 124M at its
 bench.py shape, 12 x 1,024 tokens a step, and the 10.65M model, both compiled), and ours with
-configs/shakespeare_cpu.py, configs/shakespeare.py and configs/gpt2.py, all with AdamW and GPT-2's
-parts (the same work a step; the CPU recipe's Muon and newer parts are choices of what to
-compute, not of how fast). A step's time is
+configs/shakespeare_cpu.py, configs/shakespeare.py and configs/gpt2.py, all with AdamW (the same
+work a step; the CPU recipe's Muon is an optimizer choice, not a speed one). A step's time is
 read from each side's own log (nanoGPT's `time ...ms` lines, our metrics.jsonl), the median of
 the steps after the warm-up; start-up (imports, data, the first evaluation, compiling in the
 warm-up steps) is reported apart, as the process's wall time less its timed steps. Both sides
@@ -49,7 +48,7 @@ COMMON = ["--log_interval=1", "--eval_iters=1"]
 # name: (ours, nanoGPT's, warm-up steps, timed steps); each side's own config and flags
 CPU_MODELS = {
     "0.8M (4x128, context 64, batch 12)": (
-        ["configs/shakespeare_cpu.py", "configs/gpt2_parts.py", "--device=cpu", "--optimizer=adamw"],
+        ["configs/shakespeare_cpu.py", "--device=cpu", "--optimizer=adamw"],
         ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--block_size=64",
          "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--dropout=0.0"], 10, 40),
     "10.65M (6x384, context 256, batch 64, dropout 0.2)": (
@@ -115,8 +114,6 @@ def train_nanogpt(copy, args, warmup, steps, out):
 def train_ours(checkout, args, warmup, steps, out, data, device):
     """Our train.py in checkout: (seconds of each timed step, start-up seconds)."""
     total = warmup + steps
-    # a checkout older than configs/gpt2_parts.py has GPT-2's parts in its CPU recipe already
-    args = [arg for arg in args if (Path(checkout) / arg).is_file() or not arg.startswith("configs/")]
     _, wall = run([sys.executable, "train.py", *args, *COMMON, f"--max_iters={total}", f"--eval_interval={total}",
                    f"--out_dir={out}", f"--data_dir={data}", "--wandb_log=False"], cwd=checkout)
     timed = [seconds for it, seconds in step_seconds(read_metrics(Path(out) / "metrics.jsonl")) if it > warmup]

@@ -1,6 +1,6 @@
-# GPT-2's parts, after another config: `python train.py configs/shakespeare_cpu.py configs/gpt2_parts.py`
-# trains the CPU recipe's model as GPT-2 builds it, which export.py can write as a Hugging Face
-# GPT-2 folder, and which docs/performance.md compares the newer parts against.
+# GPT-2's parts, after another config: `python train.py configs/shakespeare_bpe_cpu.py
+# configs/gpt2_parts.py` trains that config's model as GPT-2 builds it, which export.py can then
+# write as a Hugging Face GPT-2 folder (configs/shakespeare_cpu.py has these parts already).
 pos_encoding = "learned"  # a table of positions
 norm = "layernorm"
 qk_norm = False
