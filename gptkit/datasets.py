@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gptkit.data import BPE_SIZES, END_OF_TEXT, GPT2_META, CharCodec, TiktokenCodec, is_prepared, write_dataset
+from gptkit.data import BPE_SIZES, END_OF_TEXT, GPT2_META, BPECodec, CharCodec, TiktokenCodec, is_prepared, write_dataset
 from gptkit.files import atomic_write
 from gptkit.runlog import progress
 from gptkit.settings import ArgumentParser, UserError
@@ -206,7 +206,7 @@ def prepare_text(out_dir, input_path, tokenizer="char", val_fraction=0.1, vocab_
         if not "".join(train_texts) or not "".join(val_texts):
             raise UserError(f"{input_path} is too short to split into train and val text; give it more text")
         tokenizer_json, encode = train_bpe(train_texts, vocab_size)
-        eot_token = vocab_size - 1
+        eot_token = BPECodec(tokenizer_json).eot_token
         train, val = (documents_to_ids([t for t in part if t], encode, eot_token) for part in (train_texts, val_texts))
         meta = {"codec": "bpe", "vocab_size": vocab_size, "tokenizer": tokenizer_json}
     else:

@@ -86,3 +86,19 @@ def serve_page():
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+def train_tiny_char_model(root, text, block_size):
+    """Train a 2-layer character model on text for 10 steps, as train.py writes it: its out_dir."""
+    import train
+
+    (root / "input.txt").write_text(text)
+    prepare_shakespeare_char(root / "data" / "tiny", str(root / "input.txt"))
+    args = [f"--data_dir={root / 'data'}", "--dataset=tiny", f"--out_dir={root / 'out'}", "--n_layer=2",
+            "--n_head=2", "--n_embd=32", f"--block_size={block_size}", "--batch_size=4", "--gradient_accumulation_steps=1",
+            "--max_iters=10", "--eval_interval=10", "--eval_iters=1", "--warmup_iters=2", "--lr_decay_iters=10",
+            "--device=cpu", "--dtype=float32"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        assert train.main(args) == 0
+    return root / "out"

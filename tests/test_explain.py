@@ -12,9 +12,8 @@ from matplotlib.image import imread
 import explain
 import sample
 from gptkit import sampling
-import train
 from model import GPT, GPTConfig
-from gptkit.datasets import prepare_shakespeare_char
+from conftest import train_tiny_char_model
 from gptkit.data import CharCodec
 from gptkit.hardware import flops_per_token
 
@@ -269,17 +268,7 @@ def test_lens_picture_names_the_top_guesses(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny character model trained once for the command-line tests: its out_dir."""
-    root = tmp_path_factory.mktemp("explain")
-    (root / "input.txt").write_text(TEXT)
-    prepare_shakespeare_char(root / "data" / "tiny", str(root / "input.txt"))
-    args = [f"--data_dir={root / 'data'}", "--dataset=tiny", f"--out_dir={root / 'out'}", "--n_layer=2",
-            "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_size=4", "--gradient_accumulation_steps=1",
-            "--max_iters=10", "--eval_interval=10", "--eval_iters=1", "--warmup_iters=2", "--lr_decay_iters=10",
-            "--device=cpu", "--dtype=float32"]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        assert train.main(args) == 0
-    return root / "out"
+    return train_tiny_char_model(tmp_path_factory.mktemp("explain"), TEXT, block_size=16)
 
 
 def test_summary_of_a_config_file_takes_the_vocabulary_of_its_data(trained, tmp_path):

@@ -22,9 +22,8 @@ from torch.nn import functional as F
 
 import explain
 import sample
-import train
 from gptkit import inside, serve
-from gptkit.datasets import prepare_shakespeare_char
+from conftest import train_tiny_char_model
 from gptkit.hf import export_gpt2
 from gptkit.sampling import load_chosen, sampling_probs
 from gptkit.serve import Explorer
@@ -40,17 +39,7 @@ BLOCK = 32
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny character model trained for a few steps, as train.py writes it: its out_dir."""
-    root = tmp_path_factory.mktemp("serve")
-    (root / "input.txt").write_text(TEXT)
-    prepare_shakespeare_char(root / "data" / "tiny", str(root / "input.txt"))
-    args = [f"--data_dir={root / 'data'}", "--dataset=tiny", f"--out_dir={root / 'out'}", "--n_layer=2",
-            "--n_head=2", "--n_embd=32", f"--block_size={BLOCK}", "--batch_size=4", "--gradient_accumulation_steps=1",
-            "--max_iters=10", "--eval_interval=10", "--eval_iters=1", "--warmup_iters=2", "--lr_decay_iters=10",
-            "--device=cpu", "--dtype=float32"]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        assert train.main(args) == 0
-    return root / "out"
+    return train_tiny_char_model(tmp_path_factory.mktemp("serve"), TEXT, block_size=BLOCK)
 
 
 @pytest.fixture(scope="module")
