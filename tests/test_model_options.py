@@ -1,7 +1,11 @@
 """The newer GPTs' parts as settings: rotary positions, RMSNorm, QK-norm, ReLU², SwiGLU, untied
 embeddings and logit soft-capping, each against its formula, with the KV cache, resume and export."""
 
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +23,7 @@ OPTIONS = [dict(pos_encoding="rope"), dict(norm="rmsnorm"), dict(qk_norm=True), 
            dict(pos_encoding="rope", norm="rmsnorm", qk_norm=True, activation="relu2", tie_embeddings=False,
                 logit_softcap=5.0)]
 NAMES = ["rope", "rmsnorm", "qk_norm", "relu2", "swiglu", "untied", "softcap", "all"]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def config(**options):
@@ -197,3 +202,40 @@ def test_each_option_samples_with_the_cpus_packed_bfloat16_layers(options):
     tokens = torch.stack([token for token, _ in steps], 1)
     assert tokens.shape == (1, 8) and all(torch.isfinite(logits).all() for _, logits in steps)
     torch.testing.assert_close(steps[0][1], reference, rtol=0.05, atol=0.1)  # bfloat16 rounds, no more
+
+
+def options_table(*args):
+    return subprocess.run([sys.executable, "benchmarks/options_table.py", "configs/shakespeare_cpu.py", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_the_options_table_tunes_each_rows_learning_rate_then_runs_every_seed(tiny_train_args, tmp_path):
+    settings = [a for a in tiny_train_args if not a.startswith("--out_dir")] + ["--compile=False"]
+    args = [*settings, "--rows", "gpt2", "rope", "--seeds", "1", "2", "--learning_rates", "1e-3", "3e-2",
+            "--parallel=2", f"--out_dir={tmp_path / 'table'}"]
+    result = options_table(*args)
+    assert result.returncode == 0, result.stderr
+    results = json.loads((tmp_path / "table" / "results.json").read_text())
+    assert len(results) == 6  # 2 rows x 2 rates on seed 1, then each row's chosen rate on seed 2
+    for row, pos_encoding in [("gpt2", "learned"), ("rope", "rope")]:
+        first = {lr: results[f"{row} lr={lr} seed=1"]["best_val_loss"] for lr in ("0.001", "0.03")}
+        chosen = min(first, key=first.get)
+        losses = [results[f"{row} lr={chosen} seed={seed}"]["best_val_loss"] for seed in (1, 2)]
+        run = tmp_path / "table" / f"{row}-lr{chosen}-seed2"
+        assert load_checkpoint(run / "ckpt.pt")["model_config"]["pos_encoding"] == pos_encoding
+        val = [r["val_loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r]
+        assert losses[1] == min(val)
+        line = next(line for line in result.stdout.splitlines() if line.startswith(f"| {row} |"))
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        assert cells[2] == chosen and cells[3] == f"{losses[0]:.4f}, {losses[1]:.4f}"
+        assert cells[4] == f"{(losses[0] + losses[1]) / 2:.4f}" and cells[5] == f"{abs(losses[0] - losses[1]):.4f}"
+    again = options_table(*args)  # every run is in the folder: nothing runs, the same table
+    assert again.returncode == 0 and again.stdout == result.stdout[result.stdout.index("| row |"):]
+
+
+def test_the_options_table_refuses_an_unknown_part_in_one_line(tmp_path):
+    result = options_table("--rows", "gpt2", "rope+gelu", f"--out_dir={tmp_path / 'table'}")
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr.startswith("error: unknown row part 'gelu' in 'rope+gelu'"), result.stderr
+    assert not (tmp_path / "table").exists()
