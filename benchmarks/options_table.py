@@ -110,7 +110,8 @@ def markdown(table, rows, rates, chosen, seeds):
     for row in rows:
         against = f"{means[row] - means['gpt2']:+.4f}" if "gpt2" in means and row != "gpt2" else ""
         wall = statistics.mean(r["wall_seconds"] for r in got[row])
-        lines.append(f"| {row} | `{' '.join(row_flags(row))}` | {chosen[row]:g} | "
+        flags = f"`{' '.join(row_flags(row))}`" if row_flags(row) else "(the config as it is)"
+        lines.append(f"| {row} | {flags} | {chosen[row]:g} | "
                      f"{', '.join(f'{v:.4f}' for v in losses[row])} | {means[row]:.4f} | "
                      f"{max(losses[row]) - min(losses[row]):.4f} | {against} | {wall:.0f} s |")
     return "\n".join(lines)
