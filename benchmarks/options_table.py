@@ -5,17 +5,19 @@ several seeds, with the learning rate re-tuned for each row, and prints the tabl
     python benchmarks/options_table.py configs/shakespeare.py --parallel=9 --out_dir=options-gpu   # one GPU
     python benchmarks/options_table.py configs/shakespeare_cpu.py --rows gpt2 rope rope+relu2 --seeds 1337
 
-A row is `gpt2` (the config as it is), one part (rope, rmsnorm, qk_norm, relu2, swiglu, untied,
+A row is `gpt2` (GPT-2's parts), one newer part (rope, rmsnorm, qk_norm, relu2, swiglu, untied,
 softcap), `newer` (all of them but swiglu, which replaces relu2), or parts joined with `+`. For each
 row, every --learning_rates value is tried on the first seed; the best of them is then run on
 every seed (min_lr keeps the config's ratio to the learning rate). Each run is `python train.py
-CONFIG FLAGS --seed=S --out_dir=...` in its own process, --parallel of them at a time (1 on a CPU:
-its cores are shared; several small models fit on one GPU together, which slows each). Runs
-already in --out_dir are not run again, so an interrupted table goes on where it stopped. Any
+CONFIG configs/gpt2_parts.py FLAGS --seed=S --out_dir=...` (so every row starts from GPT-2's parts,
+whatever the config sets) in its own process, --parallel of them at a time (1 on a CPU: its cores
+are shared; several small models fit on one GPU together, which slows each). Runs already in
+--out_dir are not run again, so an interrupted table goes on where it stopped. Any
 train.py setting can follow the config as --key=value and applies to every run.
 """
 
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -30,6 +32,7 @@ from gptkit.settings import ArgumentParser, UserError, load_settings, run_cli
 from gptkit.train_settings import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
+GPT2_PARTS = os.path.relpath(ROOT / "configs" / "gpt2_parts.py")  # every row starts from GPT-2's parts
 PARTS = {
     "rope": "--pos_encoding=rope",
     "rmsnorm": "--norm=rmsnorm",
@@ -81,10 +84,10 @@ class Table:
         shutil.rmtree(run_dir, ignore_errors=True)  # a run that was stopped starts over
         rate = [] if lr == self.settings.learning_rate else [  # the config's own rate is left as it is
             f"--learning_rate={lr:g}", f"--min_lr={lr * self.settings.min_lr / self.settings.learning_rate:g}"]
-        command = ["python", "train.py", self.config, *row_flags(row), *self.overrides, *rate, f"--seed={seed}",
-                   f"--out_dir={run_dir}"]
+        command = ["python", os.path.relpath(ROOT / "train.py"), self.config, GPT2_PARTS, *row_flags(row),
+                   *self.overrides, *rate, f"--seed={seed}", f"--out_dir={run_dir}"]
         started = time.perf_counter()
-        result = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True, text=True)
+        result = subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True)
         wall = round(time.perf_counter() - started, 1)
         if result.returncode != 0:
             tail = (result.stdout + result.stderr).strip().splitlines()[-1:] or [""]
@@ -110,7 +113,7 @@ def markdown(table, rows, rates, chosen, seeds):
     for row in rows:
         against = f"{means[row] - means['gpt2']:+.4f}" if "gpt2" in means and row != "gpt2" else ""
         wall = statistics.mean(r["wall_seconds"] for r in got[row])
-        flags = f"`{' '.join(row_flags(row))}`" if row_flags(row) else "(the config as it is)"
+        flags = f"`{' '.join(row_flags(row))}`" if row_flags(row) else "(GPT-2's parts)"
         lines.append(f"| {row} | {flags} | {chosen[row]:g} | "
                      f"{', '.join(f'{v:.4f}' for v in losses[row])} | {means[row]:.4f} | "
                      f"{max(losses[row]) - min(losses[row]):.4f} | {against} | {wall:.0f} s |")
@@ -131,7 +134,7 @@ def main(argv):
         raise UserError(f"--parallel must be at least 1, got {args.parallel}")
     for row in args.rows:
         row_flags(row)
-    config = load_settings(TrainConfig, [args.config, *overrides])  # a mistake is one line here, before any run
+    config = load_settings(TrainConfig, [args.config, GPT2_PARTS, *overrides])  # a mistake is one line here, before any run
     rates = args.learning_rates or [config.learning_rate]
     table = Table(args.config, overrides, args.out_dir, config)
     first, rest = args.seeds[0], args.seeds[1:]
