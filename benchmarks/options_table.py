@@ -22,6 +22,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -72,6 +73,7 @@ class Table:
         self.settings = settings
         self.file = self.out_dir / "results.json"
         self.results = json.loads(self.file.read_text()) if self.file.exists() else {}
+        self.lock = threading.Lock()  # --parallel runs end in their own threads
 
     def key(self, row, lr, seed):
         return f"{row} lr={lr:g} seed={seed}"
@@ -95,9 +97,10 @@ class Table:
         loss = best_val_loss(run_dir)
         if loss is None:
             raise UserError(f"{' '.join(command)} ended without a val loss: make max_iters reach an eval_interval")
-        self.results[key] = {"best_val_loss": loss, "wall_seconds": wall, "command": " ".join(command)}
-        with atomic_write(self.file, "w") as f:
-            json.dump(self.results, f, indent=1)
+        with self.lock:
+            self.results[key] = {"best_val_loss": loss, "wall_seconds": wall, "command": " ".join(command)}
+            with atomic_write(self.file, "w") as f:
+                json.dump(self.results, f, indent=1)
         print(f"{key}: best val loss {loss:.4f}, {wall:.0f} s", flush=True)
         return self.results[key]
 
