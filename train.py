@@ -17,6 +17,7 @@ import torch
 
 from gptkit.checkpoint import save_run
 from gptkit.distributed import no_sync_unless
+from gptkit.hardware import synchronize
 from gptkit.optim import get_lr, gradient_norm
 from gptkit.plots import loss_figure, save_png
 from gptkit.runlog import duration, log, progress
@@ -52,12 +53,17 @@ def train(config):
                 started = time.perf_counter()
                 lr = get_lr(config, it)
                 train_step(run, lr)
+                run.iter_num += 1
+                logs = run.iter_num % config.log_interval == 0 or run.iter_num == config.max_iters
+                if logs or run.iter_num % config.eval_interval == 0:
+                    # A GPU computes after the host has queued: the time of the steps since the last
+                    # wait ends when the device is done with them. Between these points it runs ahead.
+                    synchronize(run.device)
                 seconds = time.perf_counter() - started
                 logged.add(seconds)
                 run.clock.stepped(seconds)
-                run.iter_num += 1
                 bar.update()
-                if run.iter_num % config.log_interval == 0 or run.iter_num == config.max_iters:
+                if logs:
                     log_step(run, lr, logged)
             bar.close()
             run.guard.flush()
@@ -209,7 +215,9 @@ def announce(run):
     print(f"model: {run.model.num_params() / 1e6:.2f}M parameters, {config.n_layer} layers, "
           f"{config.n_head} heads, {config.n_embd} wide, context {config.block_size}")
     processes = f", {run.procs.world_size} processes" if run.procs.world_size > 1 else ""
-    print(f"device {run.device}{processes}, dtype {run.dtype}; {run.tokens_per_step:,} tokens per step "
+    compiled = "compiled" if config.compile else "not compiled"
+    compiled += " (compile auto: on for CUDA only)" if run.compile_chosen else ""
+    print(f"device {run.device}{processes}, dtype {run.dtype}, {compiled}; {run.tokens_per_step:,} tokens per step "
           f"({config.gradient_accumulation_steps} x {config.batch_size} x {config.block_size})")
     print(f"mfu against {run.peak_source}" if run.peak else run.peak_source)
     if run.hellaswag:

@@ -71,31 +71,58 @@ def fastest_cpu_dtype(model, x, y, dtypes=("float32", "bfloat16")):
 
 # Dense (no sparsity) tensor-core peaks in FLOP/s from the makers' data sheets, by the names
 # torch.cuda.get_device_name() returns ("NVIDIA H100 80GB HBM3", "Tesla T4"). float32 means TF32
-# matmuls, which train.py turns on (V100 and T4 have none: their plain float32). The first
-# pattern that matches decides; a GPU that none matches gets no MFU rather than a guess.
+# matmuls, which train.py turns on (V100 and T4 have none: their plain float32, and no bfloat16
+# tensor cores). The first pattern that matches decides, so a name's longer relatives (H100 PCIe,
+# L40S, A10G) come before it or are kept out by \b and $; a GPU that none matches gets no MFU
+# rather than a guess.
 H100_SXM = {"bfloat16": 989e12, "float16": 989e12, "float32": 495e12}
+H100_PCIE = {"bfloat16": 756e12, "float16": 756e12, "float32": 378e12}
 H100_NVL = {"bfloat16": 835e12, "float16": 835e12, "float32": 418e12}
+A100 = {"bfloat16": 312e12, "float16": 312e12, "float32": 156e12}  # SXM4 and PCIe alike
 GPU_PEAKS = [
     (r"\bGH200\b", H100_SXM),  # Grace Hopper: an H100 (SXM) beside a Grace CPU
     (r"\bH200 NVL\b", H100_NVL),
     (r"\bH200\b", H100_SXM),
     (r"\bH100 NVL\b", H100_NVL),
-    (r"\bH100 PCIe\b", {"bfloat16": 756e12, "float16": 756e12, "float32": 378e12}),
-    (r"\bH100\b.*\b(HBM3|SXM)", H100_SXM),
-    (r"\bA100\b", {"bfloat16": 312e12, "float16": 312e12, "float32": 156e12}),  # SXM4 and PCIe alike
+    (r"\bH100 PCIe\b", H100_PCIE),
+    (r"\bH100$|\bH100\b.*\b(HBM3|SXM)", H100_SXM),  # some drivers name the SXM part bare "NVIDIA H100"
+    (r"\bH800 PCIe\b", H100_PCIE),  # H800: an H100 with less NVLink, the same compute
+    (r"\bH800$|\bH800\b.*\b(HBM3|SXM)", H100_SXM),
+    (r"\bB200\b", {"bfloat16": 2250e12, "float16": 2250e12, "float32": 1100e12}),  # not GB200: \b
+    (r"\bA100\b", A100),
+    (r"\bA800\b", A100),  # an A100 with less NVLink
+    # AWS's A10G: neither NVIDIA nor AWS publishes its tensor peaks, and others' figures disagree
+    # (125 as for the A10, 70 TFLOP/s): no MFU rather than a guess.
+    (r"\bA10G\b", {}),
+    (r"\bA10\b", {"bfloat16": 125e12, "float16": 125e12, "float32": 62.5e12}),
+    (r"\bA40\b", {"bfloat16": 149.7e12, "float16": 149.7e12, "float32": 74.8e12}),
     (r"\bL40S\b", {"bfloat16": 362e12, "float16": 362e12, "float32": 183e12}),
     (r"\bL40\b", {"bfloat16": 181e12, "float16": 181e12, "float32": 90.5e12}),
     (r"\bL4\b", {"bfloat16": 121e12, "float16": 121e12, "float32": 60e12}),
-    (r"\bRTX 4090\b", {"bfloat16": 165e12, "float16": 165e12, "float32": 82.6e12}),
-    (r"\bRTX 3090\b", {"bfloat16": 71e12, "float16": 71e12, "float32": 35.6e12}),
+    # GeForce: FP32-accumulate figures; $ keeps out the D, Ti and Laptop parts, which differ
+    (r"\bRTX 5090$", {"bfloat16": 209.5e12, "float16": 209.5e12, "float32": 104.8e12}),
+    (r"\bRTX 4090$", {"bfloat16": 165e12, "float16": 165e12, "float32": 82.6e12}),
+    (r"\bRTX 3090$", {"bfloat16": 71e12, "float16": 71e12, "float32": 35.6e12}),
     (r"\bV100-SXM", {"float16": 125e12, "float32": 15.7e12}),
     (r"\bV100-PCIE", {"float16": 112e12, "float32": 14e12}),
+    (r"\bV100S-PCIE", {"float16": 130e12, "float32": 16.4e12}),
     (r"\bT4\b", {"float16": 65e12, "float32": 8.1e12}),
 ]
+# GPUs whose MIG partitions have 7 compute slices: a "MIG 3g.40gb" slice gets 3/7 of the peak.
+MIG_SEVEN_SLICES = r"\b(A100|A800|H100|H800|H200|GH200)\b"
 
 
 def gpu_peak(name, dtype):
-    """The data-sheet peak of the GPU torch names `name` in dtype, or None if unknown."""
+    """The data-sheet peak of the GPU torch names `name` in dtype, or None if unknown. A MIG slice
+    ("NVIDIA A100-SXM4-40GB MIG 1g.5gb") gets its share of its GPU's peak, or None where the
+    share is not known here."""
+    name = name.strip()
+    if re.search(r"\bMIG\b", name):
+        mig = re.search(r"^(.*?) MIG (\d+)g\.\d+gb\b", name)
+        if mig is None or not re.search(MIG_SEVEN_SLICES, mig.group(1)):
+            return None
+        peak = gpu_peak(mig.group(1), dtype)
+        return None if peak is None else peak * int(mig.group(2)) / 7
     for pattern, peaks in GPU_PEAKS:
         if re.search(pattern, name):
             return peaks.get(dtype)
@@ -157,3 +184,20 @@ def autocast_context(device, dtype):
     # that this takes its unfused kernel says nothing a user can act on.
     warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
     return torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, dtype))
+
+
+def synchronize(device):
+    """Wait until the device has finished the work queued on it. A GPU runs a step's kernels after
+    the host has queued them, so a time read without this is the time to queue, not to compute."""
+    kind = device.split(":")[0]
+    if kind == "cuda":
+        torch.cuda.synchronize(device)
+    elif kind == "mps":
+        torch.mps.synchronize()
+
+
+def resolve_compile(compile, device):
+    """compile=None (auto): on for CUDA, where torch.compile pays back its minute of compiling
+    within a few hundred steps; off elsewhere, where it pays for some models only (a CPU config
+    that gains from it sets compile=True: docs/performance.md)."""
+    return device.split(":")[0] == "cuda" if compile is None else compile

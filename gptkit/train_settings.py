@@ -65,7 +65,7 @@ class TrainConfig:
     backend: str = "auto"  # under torchrun: auto (nccl between GPUs, gloo between CPU processes), nccl, gloo
     device: str = "auto"  # auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps
     dtype: str = "auto"  # auto, float32, bfloat16, float16 (float16 uses a GradScaler)
-    compile: bool = False  # torch.compile the model (faster steps after a slow first one)
+    compile: Optional[bool] = None  # torch.compile the model (faster steps after a slow first one); None: on CUDA only
     fsdp: bool = False  # under torchrun: shard weights, gradients and AdamW state across processes (FSDP)
     nonfinite_loss: str = "stop"  # on a nan/inf loss: 'stop' (keeping the last checkpoint) or 'skip' the step
 

@@ -18,7 +18,7 @@ from gptkit.data import BatchSampler, codec_from_meta, dataset_meta, model_vocab
 from gptkit.datasets import ensure_data
 from gptkit.distributed import Processes, shard
 from gptkit.hardware import (autocast_context, enable_tf32, fastest_cpu_dtype, flops_per_token, peak_flops,
-                             resolve_dtype)
+                             resolve_compile, resolve_dtype)
 from gptkit.hellaswag import HellaSwag, check_vocabulary, hellaswag_file
 from gptkit.hf import gpt2_meta, load_gpt2
 from gptkit.nonfinite import NonfiniteGuard
@@ -42,6 +42,8 @@ class TrainingRun:
         self.device = self.procs.device
         self.device_type = self.device.split(":")[0]
         self.dtype = resolve_dtype(config.dtype, self.device)
+        self.compile_chosen = config.compile is None  # said in the run's opening lines
+        config = with_settings(config, compile=resolve_compile(config.compile, self.device))
         config, saved, pretrained = self.starting_point(config)
         self.config = config
         seed_everything(config.seed)

@@ -95,26 +95,55 @@ def test_a_compiler_that_fails_is_one_line_and_exit_status_2(tiny_train_args, mo
     assert len(err.strip().splitlines()) == 1, err
 
 
-# The names torch.cuda.get_device_name() returns, with each one's dense bfloat16 (float16 for
-# V100 and T4) peak from its data sheet, in TFLOP/s.
+# The names torch.cuda.get_device_name() returns, with each one's dense peaks from its data sheet
+# in TFLOP/s: (bfloat16, float16, float32, which is TF32 where the GPU has it). None: no peak.
+SXM, PCIE, NVL, A100 = (989, 989, 495), (756, 756, 378), (835, 835, 418), (312, 312, 156)
 GPU_NAMES = [
-    ("NVIDIA A100-SXM4-40GB", "bfloat16", 312), ("NVIDIA A100-SXM4-80GB", "bfloat16", 312),
-    ("NVIDIA A100 80GB PCIe", "bfloat16", 312), ("NVIDIA H100 80GB HBM3", "bfloat16", 989),
-    ("NVIDIA H100 PCIe", "bfloat16", 756), ("NVIDIA H100 NVL", "bfloat16", 835), ("NVIDIA H200", "bfloat16", 989),
-    ("NVIDIA L4", "bfloat16", 121), ("NVIDIA L40", "bfloat16", 181), ("NVIDIA L40S", "bfloat16", 362),
-    ("NVIDIA GeForce RTX 4090", "bfloat16", 165), ("NVIDIA GeForce RTX 3090", "bfloat16", 71),
-    ("Tesla V100-SXM2-16GB", "float16", 125), ("Tesla T4", "float16", 65), ("NVIDIA GH200 480GB", "bfloat16", 989),
+    ("NVIDIA H100 80GB HBM3", SXM), ("NVIDIA H100", SXM), ("NVIDIA H100 PCIe", PCIE), ("NVIDIA H100 NVL", NVL),
+    ("NVIDIA H800", SXM), ("NVIDIA H800 80GB HBM3", SXM), ("NVIDIA H800 PCIe", PCIE),
+    ("NVIDIA H200", SXM), ("NVIDIA H200 NVL", NVL), ("NVIDIA GH200 480GB", SXM),
+    ("NVIDIA B200", (2250, 2250, 1100)),
+    ("NVIDIA A100-SXM4-40GB", A100), ("NVIDIA A100-SXM4-80GB", A100), ("NVIDIA A100 80GB PCIe", A100),
+    ("NVIDIA A100-PCIE-40GB", A100), ("NVIDIA A800-SXM4-80GB", A100), ("NVIDIA A800 80GB PCIe", A100),
+    ("NVIDIA A10", (125, 125, 62.5)), ("NVIDIA A10G", (None, None, None)), ("NVIDIA A40", (149.7, 149.7, 74.8)),
+    ("NVIDIA L40S", (362, 362, 183)), ("NVIDIA L40", (181, 181, 90.5)), ("NVIDIA L4", (121, 121, 60)),
+    ("NVIDIA GeForce RTX 5090", (209.5, 209.5, 104.8)), ("NVIDIA GeForce RTX 4090", (165, 165, 82.6)),
+    ("NVIDIA GeForce RTX 3090", (71, 71, 35.6)),
+    ("Tesla V100-SXM2-16GB", (None, 125, 15.7)), ("Tesla V100-SXM2-32GB", (None, 125, 15.7)),
+    ("Tesla V100-PCIE-32GB", (None, 112, 14)), ("Tesla V100S-PCIE-32GB", (None, 130, 16.4)),
+    ("Tesla T4", (None, 65, 8.1)),
+    # MIG slices: N of the GPU's 7 compute slices
+    ("NVIDIA H100 80GB HBM3 MIG 1g.10gb", tuple(t / 7 for t in SXM)),
+    ("NVIDIA H100 80GB HBM3 MIG 7g.80gb", SXM), ("NVIDIA H100 MIG 2g.20gb", tuple(2 * t / 7 for t in SXM)),
+    ("NVIDIA H100 PCIe MIG 3g.40gb", tuple(3 * t / 7 for t in PCIE)),
+    ("NVIDIA H100 NVL MIG 1g.12gb", tuple(t / 7 for t in NVL)),
+    ("NVIDIA H800 MIG 1g.10gb+me", tuple(t / 7 for t in SXM)),
+    ("NVIDIA H200 MIG 1g.18gb", tuple(t / 7 for t in SXM)),
+    ("NVIDIA GH200 480GB MIG 4g.48gb", tuple(4 * t / 7 for t in SXM)),
+    ("NVIDIA A100-SXM4-40GB MIG 1g.5gb", tuple(t / 7 for t in A100)),
+    ("NVIDIA A100 80GB PCIe MIG 3g.40gb", tuple(3 * t / 7 for t in A100)),
+    ("NVIDIA A800-SXM4-80GB MIG 2g.20gb", tuple(2 * t / 7 for t in A100)),
 ]
 
 
-@pytest.mark.parametrize("name, dtype, tflops", GPU_NAMES)
-def test_gpu_peak_by_the_name_torch_gives(monkeypatch, name, dtype, tflops):
+@pytest.mark.parametrize("name, tflops", GPU_NAMES)
+def test_gpu_peak_by_the_name_torch_gives(monkeypatch, name, tflops):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
-    flops, source = hardware.peak_flops("cuda", dtype)
-    assert flops == tflops * 1e12 and name in source and "data sheet" in source
+    for dtype, expected in zip(("bfloat16", "float16", "float32"), tflops):
+        flops, source = hardware.peak_flops("cuda", dtype)
+        if expected is None:
+            assert flops is None and source == f"unknown GPU ({name}, {dtype}): MFU not shown"
+        else:
+            assert flops == pytest.approx(expected * 1e12, rel=1e-12), dtype
+            assert name in source and "data sheet" in source
 
 
-@pytest.mark.parametrize("name", ["Some Future GPU", "NVIDIA H100", "NVIDIA L4000", "NVIDIA A10"])
+# each a relative of a known GPU whose peak differs from it, or a MIG slice of unknown share
+@pytest.mark.parametrize("name", ["Some Future GPU", "NVIDIA L4000", "NVIDIA A10G", "NVIDIA A30", "NVIDIA H20",
+                                  "NVIDIA GB200", "NVIDIA GeForce RTX 4090 D", "NVIDIA GeForce RTX 4090 Laptop GPU",
+                                  "NVIDIA GeForce RTX 3090 Ti", "NVIDIA GeForce RTX 5090 D", "Tesla V100-FHHL-16GB",
+                                  "NVIDIA A30 MIG 1g.6gb", "NVIDIA B200 MIG 1g.23gb",
+                                  "NVIDIA A100-SXM4-40GB MIG 1c.3g.20gb"])
 def test_an_unknown_gpu_gets_no_mfu_rather_than_a_guess(monkeypatch, name):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
     flops, source = hardware.peak_flops("cuda", "bfloat16")

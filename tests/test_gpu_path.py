@@ -1,0 +1,82 @@
+"""What a GPU run does differently, checked on a CPU with the GPU's part faked or counted: step
+times that include the device's work, compiling by default, one pinned copy a step, and a
+resume on fewer GPUs than the run was saved on."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from gptkit import checkpoint
+from gptkit.settings import load_settings
+from gptkit.train_settings import TrainConfig
+from gptkit.training import TrainingRun
+
+
+def metrics(out_dir):
+    return [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def with_args(args, **changes):
+    """tiny_train_args with some settings replaced."""
+    kept = [a for a in args if a.split("=")[0][2:] not in changes]
+    return kept + [f"--{k}={v}" for k, v in changes.items()]
+
+
+@pytest.mark.parametrize("log_interval", [1, 4])
+def test_step_time_includes_the_device_finishing_its_work(tiny_train_args, monkeypatch, log_interval):
+    """A device that takes 50 ms to finish what was queued: every logged interval's time holds that
+    wait (tok/s, MFU and time left read it), and the host waits only where it logs or evaluates."""
+    waits = []
+
+    def slow_device(device):
+        waits.append(device)
+        time.sleep(0.05)
+
+    monkeypatch.setattr(train, "synchronize", slow_device)
+    args = with_args(tiny_train_args, log_interval=log_interval, max_iters=16, eval_interval=8, lr_decay_iters=16)
+    assert train.main(args) == 0
+    rows = [r for r in metrics(tiny_train_args[2].split("=", 1)[1]) if r.get("tokens_per_sec")]
+    assert len(rows) == 16 // log_interval
+    tokens_per_step = 4 * 16
+    previous = 0
+    for row in rows:
+        seconds = tokens_per_step * (row["iter"] - previous) / row["tokens_per_sec"]
+        assert seconds >= 0.05, row  # the device's 50 ms is in the interval's time
+        previous = row["iter"]
+    assert waits == ["cpu"] * (16 // log_interval)  # log points (8 and 16 are also evaluations)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("config_file", ["configs/gpt2.py", "configs/shakespeare.py", "configs/finetune_shakespeare.py"])
+def test_gpu_configs_compile_on_cuda_without_a_flag_and_compile_false_wins(config_file):
+    from gptkit.hardware import resolve_compile
+
+    config = load_settings(TrainConfig, [str(ROOT / config_file)])
+    assert config.compile is None  # left to the device
+    assert resolve_compile(config.compile, "cuda") is True and resolve_compile(config.compile, "cuda:1") is True
+    assert resolve_compile(config.compile, "cpu") is False and resolve_compile(config.compile, "mps") is False
+    off = load_settings(TrainConfig, [str(ROOT / config_file), "--compile=False"])
+    assert resolve_compile(off.compile, "cuda") is False
+    nanogpt_style = load_settings(TrainConfig, [str(ROOT / config_file), "--compile=True"])  # a config that says so
+    assert resolve_compile(nanogpt_style.compile, "cpu") is True
+
+
+def test_a_run_records_its_compile_choice_and_says_it(tiny_train_args, capsys):
+    args = [a for a in tiny_train_args if not a.startswith("--max_iters")] + ["--max_iters=10"]
+    assert train.main(args) == 0
+    out = capsys.readouterr().out
+    assert "not compiled (compile auto: on for CUDA only)" in out
+    saved = checkpoint.load_checkpoint(Path(tiny_train_args[2].split("=", 1)[1]) / "ckpt.pt")
+    assert saved["train_config"]["compile"] is False  # what the run did, not "auto"
+    try:
+        run = TrainingRun(load_settings(TrainConfig, with_args(tiny_train_args, compile=True, init_from="resume")))
+        assert isinstance(run.step_model, torch._dynamo.eval_frame.OptimizedModule) and not run.compile_chosen
+        run.close()
+    finally:
+        torch.use_deterministic_algorithms(False)  # what a compiled CPU run asks for
