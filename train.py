@@ -84,13 +84,12 @@ def train_step(run, lr):
     # The step's windows are drawn at once, the same on every process; each builds its own
     # share, so what a run sees depends on its seed and tokens per step, not on how many
     # processes share them or how the micro-batches split them.
-    x_all, y_all = run.sampler.batch("train", count=B * config.gradient_accumulation_steps,
-                                     part=slice(procs.rank * steps * B, (procs.rank + 1) * steps * B))
-    if run.device_type == "cuda":  # pinned once for the whole step; its slices stay pinned
-        x_all, y_all = x_all.pin_memory(), y_all.pin_memory()
+    windows = run.sampler.windows("train", count=B * config.gradient_accumulation_steps,
+                                  part=slice(procs.rank * steps * B, (procs.rank + 1) * steps * B))
+    x_all, y_all = run.to_device(windows)  # this process's micro-batches, in one copy
     total = torch.zeros((), device=run.device)
     for micro in range(steps):
-        x, y = run.to_device(x_all[micro * B : (micro + 1) * B], y_all[micro * B : (micro + 1) * B])
+        x, y = x_all[micro * B : (micro + 1) * B], y_all[micro * B : (micro + 1) * B]
         with no_sync_unless(run.step_model, sync=micro == steps - 1):  # gradients are exchanged once
             with run.autocast:
                 _, loss = run.step_model(x, y)
@@ -117,11 +116,11 @@ def estimate_loss(run):
         for split in ("train", "val"):
             # summed where they are computed, no wait per batch: loss, then bits and bytes
             total = torch.zeros(3, dtype=torch.float64, device=run.device)
-            batches = run.sampler.eval_batches(split, run.config.eval_iters)
+            batches = run.sampler.eval_windows(split, run.config.eval_iters)
             share = batches[procs.rank :: procs.world_size]  # each process its share
             rounds = -(-len(batches) // procs.world_size) if run.sharded else len(share)
             for i in range(rounds):  # FSDP: every process runs as many forwards (each gathers weights)
-                x, y = run.to_device(*(share[i] if i < len(share) else batches[0]))
+                x, y = run.to_device(share[i] if i < len(share) else batches[0])
                 with run.autocast:
                     _, loss = run.model(x, y)
                 if i < len(share):

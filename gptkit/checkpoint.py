@@ -212,7 +212,12 @@ def rng_states():
 def set_rng_states(states):
     torch.set_rng_state(states["torch"].cpu())  # a checkpoint loaded onto a GPU holds them there
     if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
+        saved, present = len(states["cuda"]), torch.cuda.device_count()
+        for index, state in enumerate(states["cuda"][:present]):
+            torch.cuda.set_rng_state(state.cpu(), index)
+        if saved > present:  # fewer GPUs visible than when saved (another machine, CUDA_VISIBLE_DEVICES)
+            print(f"the checkpoint holds random states for {saved} GPUs and {present} are visible here: "
+                  f"restored those of the first {present}")
     numpy_state = states["numpy"]
     numpy_state["state"]["key"] = np.array(numpy_state["state"]["key"], dtype=np.uint32)
     np.random.set_state(numpy_state)

@@ -393,8 +393,14 @@ class BatchSampler:
         self.eval_cache = {}
 
     def batch(self, split, rng=None, count=None, part=slice(None)):
-        """(x, y), each (batch_size, block_size) int64 on the CPU. count: draw that many windows
-        instead (an optimizer step's, across every process) and build only those in `part`."""
+        """(x, y), each (batch_size, block_size) on the CPU: views of windows()."""
+        windows = self.windows(split, rng, count, part)
+        return windows[:, :-1], windows[:, 1:]
+
+    def windows(self, split, rng=None, count=None, part=slice(None)):
+        """(batch_size, block_size + 1) int32 token windows on the CPU, one contiguous block: x is
+        each window but its last token, y all but its first. count: draw that many windows instead
+        (an optimizer step's, across every process) and build only those in `part`."""
         starts, span = self.starts[split], np.arange(self.block_size + 1)
         offsets = (rng or self.rng).integers(0, starts[-1], size=count or self.batch_size)[part]
         if len(starts) == 1:  # one file: every window in one gather
@@ -403,16 +409,19 @@ class BatchSampler:
             files = np.searchsorted(starts, offsets, side="right")
             offsets -= np.concatenate(([0], starts[:-1]))[files]
             windows = np.stack([self.data[split][f][o + span] for f, o in zip(files, offsets)])
-        windows = torch.from_numpy(windows.astype(np.int32))  # made int64 on the device (half the transfer)
-        return windows[:, :-1], windows[:, 1:]
+        return torch.from_numpy(windows.astype(np.int32))  # made int64 on the device (half the transfer)
 
-    def eval_batches(self, split, count):
-        """The same `count` batches at every evaluation, so val losses compare like with like
-        (built once)."""
+    def eval_windows(self, split, count):
+        """The same `count` batches' windows at every evaluation, so val losses compare like with
+        like (built once)."""
         if (split, count) not in self.eval_cache:
             rng = np.random.default_rng([self.seed, 1])
-            self.eval_cache[split, count] = [self.batch(split, rng) for _ in range(count)]
+            self.eval_cache[split, count] = [self.windows(split, rng) for _ in range(count)]
         return self.eval_cache[split, count]
+
+    def eval_batches(self, split, count):
+        """eval_windows() as (x, y) pairs."""
+        return [(windows[:, :-1], windows[:, 1:]) for windows in self.eval_windows(split, count)]
 
     def state_dict(self):
         return {"rng": self.rng.bit_generator.state}

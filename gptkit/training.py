@@ -190,11 +190,15 @@ class TrainingRun:
                 unfinished.unlink()
         return Metrics(self.out_dir / "metrics.jsonl", metrics_lines, wandb)
 
-    def to_device(self, x, y):
-        """int64 token ids on the device; to a GPU from pinned memory, without waiting."""
+    def to_device(self, windows):
+        """(N, T + 1) token windows -> (x, y), each (N, T) int64 on the device, views of one copy.
+        To a GPU the windows go as one contiguous block of pinned memory, copied without waiting:
+        the host draws the next batch while the GPU computes. (A non-contiguous or pageable
+        tensor would be staged through a temporary, and the copy would wait.)"""
         if self.device_type == "cuda":
-            x, y = (t.pin_memory() if not t.is_pinned() else t for t in (x, y))
-        return (t.to(self.device, non_blocking=True).long() for t in (x, y))
+            windows = windows.contiguous().pin_memory()
+        windows = windows.to(self.device, non_blocking=True).long()
+        return windows[:, :-1], windows[:, 1:]
 
     def mfu(self, tokens_per_second):
         """Model FLOPs utilisation: the FLOPs the model needs for these tokens (6N + 12 L T C a

@@ -86,10 +86,10 @@ def test_kv_cache_on_the_gpu_equals_recompute():
 
 def test_batches_go_over_pinned_without_waiting(char_data, tmp_path):
     run = TrainingRun(load_settings(TrainConfig, gpu_args(char_data, tmp_path / "out")))
-    x, y = run.sampler.batch("train")
-    assert x.pin_memory().is_pinned()
-    gx, gy = run.to_device(x, y)
-    assert gx.is_cuda and gx.dtype == torch.int64 and torch.equal(gx.cpu(), x.long())
+    windows = run.sampler.windows("train")
+    gx, gy = run.to_device(windows)
+    assert gx.is_cuda and gx.dtype == torch.int64 and torch.equal(gx.cpu(), windows[:, :-1].long())
+    assert torch.equal(gy.cpu(), windows[:, 1:].long())
     run.close()
 
 

@@ -80,3 +80,45 @@ def test_a_run_records_its_compile_choice_and_says_it(tiny_train_args, capsys):
         run.close()
     finally:
         torch.use_deterministic_algorithms(False)  # what a compiled CPU run asks for
+
+
+def test_a_step_sends_one_contiguous_pinned_block_to_the_gpu(tiny_train_args, monkeypatch):
+    """On CUDA each step pins its windows once, as one contiguous block, and copies that without
+    waiting; the micro-batches are slices of the copy. The CPU stands in for the GPU here: pinning
+    is recorded, and the batches must be the ones the CPU run trains on."""
+    import numpy as np
+
+    run = TrainingRun(load_settings(TrainConfig, with_args(tiny_train_args, gradient_accumulation_steps=3)))
+    pinned, copies = [], []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t: pinned.append(t) or t)
+    original_to = torch.Tensor.to
+
+    def to(t, *args, **kwargs):
+        copies.append((t, kwargs.get("non_blocking")))
+        return original_to(t, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    run.device_type = "cuda"
+    state = run.sampler.state_dict()
+    train.train_step(run, 1e-3)
+    assert len(pinned) == 1 and pinned[0].is_contiguous() and pinned[0].shape == (3 * 4, 17)
+    token_copies = [(t is pinned[0], blocking) for t, blocking in copies if not t.is_floating_point()]
+    assert token_copies == [(True, True)]  # the block itself, once, without waiting
+    run.sampler.load_state_dict(state)  # the same draw as the step's, for comparison
+    assert torch.equal(pinned[0], run.sampler.windows("train", count=12))
+    run.close()
+
+
+@pytest.mark.parametrize("visible", [1, 3])
+def test_random_states_of_more_gpus_than_are_visible_restore_those_that_fit(monkeypatch, capsys, visible):
+    saved = checkpoint.rng_states()
+    saved["cuda"] = [torch.full((16,), i, dtype=torch.uint8) for i in range(2)]  # saved on a machine with 2 GPUs
+    restored = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.update({device: state}))
+    checkpoint.set_rng_states(saved)
+    assert sorted(restored) == list(range(min(visible, 2)))
+    assert all(torch.equal(restored[i], saved["cuda"][i]) for i in restored)
+    out = capsys.readouterr().out
+    assert ("random states for 2 GPUs and 1 are visible here: restored those of the first 1" in out) == (visible == 1)
