@@ -242,30 +242,42 @@ class GPT(nn.Module):
         ))
         if config.pos_encoding == "learned":
             self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
-        elif config.pos_encoding == "rope":  # a function of the config: not a parameter, not saved
-            self.register_buffer("rope_angles", rotary_angles(config.block_size, config.n_embd // config.n_head),
-                                 persistent=False)
-        else:  # not a parameter and not saved: it is the same function of the config every time
-            # sin and cos have RMS 1/sqrt(2), far above the token embeddings' 0.02: scaled to
-            # RMS 0.02, the position no longer drowns the token after the first LayerNorm.
-            table = sinusoidal_positions(config.block_size, config.n_embd) * 0.02 * math.sqrt(2)
-            self.register_buffer("pos_table", table, persistent=False)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:  # the output projection IS the token embedding (one tensor)
             self.transformer.wte.weight = self.lm_head.weight
+        self.make_position_tables()
+        self.init_weights()
 
-        self.apply(self._init_weights)
+    def make_position_tables(self):
+        """The fixed position tables of 'rope' and 'sinusoidal': a function of the config, so not
+        parameters and not saved."""
+        device = self.lm_head.weight.device
+        if self.config.pos_encoding == "rope":
+            angles = rotary_angles(self.config.block_size, self.config.n_embd // self.config.n_head)
+            self.register_buffer("rope_angles", angles.to(device), persistent=False)
+        elif self.config.pos_encoding == "sinusoidal":
+            # sin and cos have RMS 1/sqrt(2), far above the token embeddings' 0.02: scaled to
+            # RMS 0.02, the position no longer drowns the token after the first LayerNorm.
+            table = sinusoidal_positions(self.config.block_size, self.config.n_embd) * 0.02 * math.sqrt(2)
+            self.register_buffer("pos_table", table.to(device), persistent=False)
+
+    @torch.no_grad()
+    def init_weights(self, normal=nn.init.normal_):
+        """GPT-2's initial weights: every Linear and Embedding weight drawn from normal(0, 0.02),
+        biases 0, norms 1. normal(tensor, mean, std) fills a tensor in place; a model sharded
+        across processes passes one that draws each whole tensor as a single process would."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                normal(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+                module.reset_parameters()
         # GPT-2: scale the projections that write into the residual stream by 1/sqrt(2 * n_layer),
         # so the stream's variance does not grow with depth (two such writes per block).
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-
-    def _init_weights(self, module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+                normal(p, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer))
 
     def num_params(self, non_embedding=True):
         """Parameters, each counted once. Embeddings (lookups) are left out by default, as the usual

@@ -16,7 +16,7 @@ import time
 import torch
 
 from gptkit.checkpoint import save_run
-from gptkit.distributed import no_sync_unless
+from gptkit.distributed import gradient_sync
 from gptkit.hardware import synchronize
 from gptkit.optim import get_lr, gradient_norm
 from gptkit.plots import loss_figure, save_png
@@ -90,7 +90,7 @@ def train_step(run, lr):
     total = torch.zeros((), device=run.device)
     for micro in range(steps):
         x, y = x_all[micro * B : (micro + 1) * B], y_all[micro * B : (micro + 1) * B]
-        with no_sync_unless(run.step_model, sync=micro == steps - 1):  # gradients are exchanged once
+        with gradient_sync(run.step_model, sync=micro == steps - 1):  # gradients are exchanged once
             with run.autocast:
                 _, loss = run.step_model(x, y)
             run.scaler.scale(loss / steps).backward()

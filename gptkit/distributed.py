@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 
 from gptkit.hardware import resolve_device
 from gptkit.settings import UserError
@@ -96,22 +97,53 @@ class Processes:
 
 
 @contextmanager
-def no_sync_unless(model, sync):
-    """DistributedDataParallel averages gradients across ranks on each backward; during
-    gradient accumulation only the last micro-step's needs to."""
-    if sync or not hasattr(model, "no_sync"):
+def gradient_sync(model, sync):
+    """During gradient accumulation only the last micro-step's backward needs to exchange
+    gradients: DistributedDataParallel's no_sync(), or FSDP's set_requires_gradient_sync(),
+    holds the others back (FSDP then keeps whole gradients until that last micro-step)."""
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP
+        model.set_requires_gradient_sync(sync)
+        yield
+    elif sync or not hasattr(model, "no_sync"):
         yield
     else:
         with model.no_sync():
             yield
 
 
-def shard(model):
+def shard(model, dtype):
     """FSDP: each block's weights (then the rest) split across the processes, gathered for the
     moment they compute; gradients and AdamW state stay split. For models whose weights,
-    gradients and optimizer state (16 bytes a parameter) do not fit one GPU."""
-    from torch.distributed.fsdp import fully_shard
+    gradients and optimizer state (16 bytes a parameter) do not fit one GPU. In bfloat16 the
+    weights are gathered in bfloat16 (half the traffic) and gradients reduced in float32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+        if dtype == "bfloat16" else MixedPrecisionPolicy()
     for block in model.transformer.h:
-        fully_shard(block)
-    fully_shard(model)
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+
+
+def materialise(model, device):
+    """Give a sharded model built on the meta device (no memory) its initial weights on `device`,
+    each process making only its own shards, equal weight for weight to what one process with
+    the same seed starts from. Every process draws each whole tensor on the CPU, one at a time,
+    with the draws a single process makes: first those of building the model (torch's default
+    initialisation of each Linear and Embedding, made and overwritten in one process), then
+    the model's own init_weights."""
+    from torch.distributed.tensor import distribute_tensor
+
+    model.to_empty(device=device)
+    for module in model.modules():  # in the order they were built
+        if isinstance(module, nn.Linear):
+            nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+        elif isinstance(module, nn.Embedding):
+            nn.Embedding(module.num_embeddings, module.embedding_dim)
+
+    def normal_shard(tensor, mean, std):
+        whole = torch.empty(tensor.shape, dtype=tensor.dtype).normal_(mean, std)
+        tensor.copy_(distribute_tensor(whole.to(device), tensor.device_mesh, tensor.placements, src_data_rank=None))
+
+    model.init_weights(normal=normal_shard)
+    model.make_position_tables()

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gptkit.checkpoint import load_checkpoint, restore_run
 from gptkit.cpu import keep_freed_memory, use_cpu_kernels
 from gptkit.data import BatchSampler, codec_from_meta, dataset_meta, model_vocab_size, token_bytes, tokenizer_name
 from gptkit.datasets import ensure_data
-from gptkit.distributed import Processes, shard
+from gptkit.distributed import Processes, materialise, shard
 from gptkit.hardware import (autocast_context, enable_tf32, fastest_cpu_dtype, flops_per_token, peak_flops,
                              resolve_compile, resolve_dtype)
 from gptkit.hellaswag import HellaSwag, check_vocabulary, hellaswag_file
@@ -57,12 +58,6 @@ class TrainingRun:
         self.sampler = BatchSampler(data_dir, self.meta, config.block_size, config.batch_size, config.seed)
         self.hellaswag = self.hellaswag_share(data_dir) if config.hellaswag_interval else None
         self.token_bytes = self.text_bytes_of_tokens()
-        vocab_size = model_vocab_size(self.meta, config.vocab_size)
-        self.model = (pretrained or GPT(config.model_config(vocab_size))).to(self.device)
-        if saved:
-            self.model.load_state_dict(saved["model"])
-        if self.device_type == "cpu":
-            use_cpu_kernels(self.model)
         self.sharded = config.fsdp and self.procs.world_size > 1
         if self.sharded and config.optimizer == "muon":
             raise UserError("optimizer='muon' needs each matrix whole, and fsdp=True shards them across processes; "
@@ -70,8 +65,9 @@ class TrainingRun:
         if self.sharded and self.dtype == "float16":
             raise UserError("dtype=float16 needs a gradient scaler whose inf check agrees across processes, which "
                             "fsdp=True does not give; use --dtype=bfloat16 (or float32), or fsdp=False")
-        if self.sharded:
-            shard(self.model)
+        model_config = config.model_config(model_vocab_size(self.meta, config.vocab_size))
+        self.model = self.sharded_model(model_config, saved, pretrained) if self.sharded else \
+            self.whole_model(model_config, saved, pretrained)
         if self.procs.world_size > 1:  # the weights began alike; from here each process draws its own dropout
             seed_everything(config.seed + self.procs.rank)
         self.optimizer = configure_optimizer(self.model, config.weight_decay, config.learning_rate,
@@ -96,6 +92,33 @@ class TrainingRun:
         self.flops_per_token = sum(flops_per_token(self.model)["training"])
         wandb = start_wandb(config) if config.wandb_log and not config.eval_only and self.procs.master else None
         self.metrics = self.open_out_dir(saved["metrics_lines"] if saved else 0, wandb)
+
+    def whole_model(self, model_config, saved, pretrained):
+        """The model on this process's device, all of it, with its starting weights."""
+        model = (pretrained or GPT(model_config)).to(self.device)
+        if saved:
+            model.load_state_dict(saved["model"])
+        if self.device_type == "cpu":
+            use_cpu_kernels(model)
+        return model
+
+    def sharded_model(self, model_config, saved, pretrained):
+        """FSDP: the model built on the meta device, which holds no memory, then sharded, and
+        each process makes only its own shards: of the initial weights (the same as one process
+        would start from), or of the checkpoint's or GPT-2's, read from the CPU copy."""
+        with torch.device("meta"):
+            model = GPT(model_config)
+        if self.device_type == "cpu":
+            use_cpu_kernels(model)
+        shard(model, self.dtype)
+        weights = saved["model"] if saved else pretrained.state_dict() if pretrained else None
+        if weights is None:
+            materialise(model, self.device)
+        else:
+            model.to_empty(device=self.device)
+            set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
+            model.make_position_tables()
+        return model
 
     def text_bytes_of_tokens(self):
         """token_bytes of the data's vocabulary on the device, for bits per byte. Training needs no
@@ -132,7 +155,7 @@ class TrainingRun:
             if not path.is_file():
                 raise UserError(f"init_from=resume but there is no checkpoint at {path}; "
                                 f"start with --init_from=scratch or set out_dir to the run to resume")
-            saved = load_checkpoint(path, self.device)
+            saved = load_checkpoint(path, "cpu", mmap=True)  # read as needed; the device takes what it keeps
             return settings_for_model(config, saved["model_config"], path), saved, None
         if config.init_from == "scratch":
             return config, None, None

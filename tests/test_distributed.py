@@ -279,3 +279,96 @@ def test_a_stop_signal_lands_every_process_on_one_step_with_a_checkpoint(char_da
                               log_interval=50, lr_decay_iters=800, dropout=0.1), tmp_path)
     assert whole.returncode == 0, whole.stderr
     assert weights_equal(tmp_path / "whole", tmp_path / "out")
+
+
+FSDP_PROBE = f'''
+import json, sys
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+sys.path.insert(0, {str(ROOT)!r})  # train.py is a script of the checkout, not installed
+import train
+from gptkit.settings import load_settings
+from gptkit.train_settings import TrainConfig
+from gptkit.training import TrainingRun
+
+import gptkit.training
+built_on = []  # where each GPT's weights were made: on the meta device, no process holds the whole model
+
+
+class RecordedGPT(gptkit.training.GPT):
+    def __init__(self, config):
+        super().__init__(config)
+        built_on.append(str(self.lm_head.weight.device))
+
+
+gptkit.training.GPT = RecordedGPT
+out = sys.argv[1]
+run = TrainingRun(load_settings(TrainConfig, sys.argv[2:]))
+initial = get_model_state_dict(run.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+dtypes = set()  # the weights' dtype as the layers compute with them (gathered)
+run.model.transformer.h[0].attn.c_attn.register_forward_pre_hook(lambda m, a: dtypes.add(str(m.weight.dtype)))
+reduce_scatters = []
+reduce_scatter = dist.reduce_scatter_single
+dist.reduce_scatter_single = lambda *a, **k: reduce_scatters.append(1) or reduce_scatter(*a, **k)
+local = lambda t: t.to_local() if hasattr(t, "to_local") else t
+grad_dtypes, step = set(), run.optimizer.step
+run.optimizer.step = lambda *a, **k: grad_dtypes.update(str(local(p.grad).dtype) for p in run.model.parameters()) \
+    or step(*a, **k)
+for it in range(2):
+    train.train_step(run, 1e-3)
+held = sum(local(p).numel() * local(p).element_size() for p in run.model.parameters())
+held += sum(local(v).numel() * local(v).element_size() for state in run.optimizer.state.values()
+            for v in state.values() if torch.is_tensor(v) and v.dim() > 0)
+report = {{"held": run.procs.gather(held), "reduce_scatters": run.procs.gather(len(reduce_scatters)),
+          "dtypes": sorted(dtypes), "grad_dtypes": sorted(grad_dtypes), "built_on": built_on}}
+if run.procs.master:
+    torch.save(initial, out + ".pt")
+    open(out + ".json", "w").write(json.dumps(report))
+run.close()
+'''
+
+
+def single_process_start(args):
+    """One process's initial weights, and the bytes of weights and AdamW state it holds after 2 steps."""
+    from gptkit.settings import load_settings
+    from gptkit.train_settings import TrainConfig
+    from gptkit.training import TrainingRun
+
+    run = TrainingRun(load_settings(TrainConfig, args))
+    initial = {name: t.clone() for name, t in run.model.state_dict().items()}
+    for _ in range(2):
+        train.train_step(run, 1e-3)
+    held = sum(p.numel() * p.element_size() for p in run.model.parameters())
+    held += sum(v.numel() * v.element_size() for state in run.optimizer.state.values() for v in state.values()
+                if torch.is_tensor(v) and v.dim() > 0)
+    run.close()
+    return initial, held
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parts", [
+    {"dtype": "bfloat16", "gradient_accumulation_steps": 4},
+    {"dtype": "float32", "pos_encoding": "rope", "norm": "rmsnorm", "activation": "swiglu", "qk_norm": True,
+     "tie_embeddings": False, "bias": False},
+], ids=["gpt2-parts-bf16-accumulating", "newer-parts-float32"])
+def test_fsdp_ranks_make_only_their_shards_of_one_process_weights(char_data, tmp_path, parts):
+    """Built on the meta device and materialised shard by shard, 2 FSDP ranks start from exactly
+    the weights one process starts from with the same seed; each holds about half of the weights
+    and AdamW state; gradients are reduce-scattered once a step however many micro-steps it has;
+    in bfloat16 the layers compute with weights gathered in bfloat16 and gradients stay float32."""
+    args = settings(char_data, tmp_path / "out", n_embd=64, **parts)
+    result = torchrun_script(FSDP_PROBE, [str(tmp_path / "probe"), *args, "--fsdp=True"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "probe.json").read_text())
+    sharded = torch.load(tmp_path / "probe.pt")
+    initial, held = single_process_start(settings(char_data, tmp_path / "one", n_embd=64, **parts))
+    assert report["built_on"] == ["meta"]
+    assert sorted(sharded) == sorted(initial)
+    for name in initial:
+        assert torch.equal(sharded[name], initial[name]), name
+    assert all(bytes_held <= 0.6 * held for bytes_held in report["held"]), (report["held"], held)
+    groups = 2 + 1  # one FSDP group a block, and the root's (embeddings, final norm)
+    assert report["reduce_scatters"] == [2 * groups] * 2  # 2 steps, however many micro-steps each
+    assert report["dtypes"] == (["torch.bfloat16"] if parts["dtype"] == "bfloat16" else ["torch.float32"])
+    assert report["grad_dtypes"] == ["torch.float32"]  # reduced in float32, as the optimizer steps in it
