@@ -321,7 +321,12 @@ class GPT(nn.Module):
             x = block(x, rotary, cache, only_last=only_last and layer == self.config.n_layer - 1)
         if cache is not None:
             cache.length += T
-        logits = self.lm_head(self.transformer.ln_f(x))
+        return self.head(self.transformer.ln_f(x), targets)
+
+    def head(self, x, targets=None):
+        """The final hidden states x (B, T, C) -> (logits (B, T, vocab_size), the mean
+        cross-entropy against targets (B, T), -1 ignored, or None without targets)."""
+        logits = self.lm_head(x)
         if self.config.logit_softcap:  # bounded in (-c, c), and all but linear near 0
             logits = self.config.logit_softcap * torch.tanh(logits / self.config.logit_softcap)
         loss = None

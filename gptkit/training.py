@@ -18,6 +18,7 @@ from gptkit.cpu import keep_freed_memory, use_cpu_kernels
 from gptkit.data import BatchSampler, codec_from_meta, dataset_meta, model_vocab_size, token_bytes, tokenizer_name
 from gptkit.datasets import ensure_data
 from gptkit.distributed import Processes, materialise, shard
+from gptkit.gpu import use_gpu_loss
 from gptkit.hardware import (autocast_context, enable_tf32, fastest_cpu_dtype, flops_per_token, peak_flops,
                              resolve_compile, resolve_dtype)
 from gptkit.hellaswag import HellaSwag, check_vocabulary, hellaswag_file
@@ -98,18 +99,14 @@ class TrainingRun:
         model = (pretrained or GPT(model_config)).to(self.device)
         if saved:
             model.load_state_dict(saved["model"])
-        if self.device_type == "cpu":
-            use_cpu_kernels(model)
-        return model
+        return use_fast_paths(model, self.device_type)
 
     def sharded_model(self, model_config, saved, pretrained):
         """FSDP: the model built on the meta device, which holds no memory, then sharded, and
         each process makes only its own shards: of the initial weights (the same as one process
         would start from), or of the checkpoint's or GPT-2's, read from the CPU copy."""
         with torch.device("meta"):
-            model = GPT(model_config)
-        if self.device_type == "cpu":
-            use_cpu_kernels(model)
+            model = use_fast_paths(GPT(model_config), self.device_type)
         shard(model, self.dtype)
         weights = saved["model"] if saved else pretrained.state_dict() if pretrained else None
         if weights is None:
@@ -238,6 +235,16 @@ class TrainingRun:
             self.model = self.optimizer = None
             gc.collect()
         self.procs.close()
+
+
+def use_fast_paths(model, device_type):
+    """The model with the device's own fast paths swapped in (before any wrapping): the CPU's
+    dropout and attention, or the GPU's chunked loss."""
+    if device_type == "cpu":
+        return use_cpu_kernels(model)
+    if device_type == "cuda":
+        return use_gpu_loss(model)
+    return model
 
 
 def check_accumulation(steps, world_size):

@@ -86,8 +86,6 @@ def test_a_step_sends_one_contiguous_pinned_block_to_the_gpu(tiny_train_args, mo
     """On CUDA each step pins its windows once, as one contiguous block, and copies that without
     waiting; the micro-batches are slices of the copy. The CPU stands in for the GPU here: pinning
     is recorded, and the batches must be the ones the CPU run trains on."""
-    import numpy as np
-
     run = TrainingRun(load_settings(TrainConfig, with_args(tiny_train_args, gradient_accumulation_steps=3)))
     pinned, copies = [], []
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t: pinned.append(t) or t)
@@ -122,3 +120,15 @@ def test_random_states_of_more_gpus_than_are_visible_restore_those_that_fit(monk
     assert all(torch.equal(restored[i], saved["cuda"][i]) for i in restored)
     out = capsys.readouterr().out
     assert ("random states for 2 GPUs and 1 are visible here: restored those of the first 1" in out) == (visible == 1)
+
+
+def test_a_gpu_run_trains_with_the_chunked_loss_and_a_cpu_run_with_the_cpu_kernels(tiny_config):
+    from gptkit.cpu import CPUCausalSelfAttention
+    from gptkit.gpu import ChunkedLossGPT
+    from gptkit.training import use_fast_paths
+    from model import GPT
+
+    on_gpu = use_fast_paths(GPT(tiny_config), "cuda")
+    assert type(on_gpu) is ChunkedLossGPT and type(on_gpu.transformer.h[0].attn) is not CPUCausalSelfAttention
+    on_cpu = use_fast_paths(GPT(tiny_config), "cpu")
+    assert type(on_cpu) is GPT and type(on_cpu.transformer.h[0].attn) is CPUCausalSelfAttention
