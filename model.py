@@ -178,10 +178,12 @@ def rotate(x, cos, sin):
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
 
-def rotary_angles(block_size, head_size, base=10000.0):
-    """(block_size, head_size / 2): position t times frequency base^(-2i / head_size)."""
-    frequency = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
-    return torch.arange(block_size, dtype=torch.float32)[:, None] * frequency
+def rotary_angles(positions, head_size, base=10000.0):
+    """(T, head_size / 2): each position of positions (T,) times frequency base^(-2i / head_size).
+    Made in float32 whatever the model's dtype: bfloat16 rounds an angle near 1,000 to a multiple
+    of 4, which would turn the positions into noise."""
+    frequency = base ** (-torch.arange(0, head_size, 2, dtype=torch.float32, device=positions.device) / head_size)
+    return positions.float()[:, None] * frequency
 
 
 class MLP(nn.Module):
@@ -249,13 +251,10 @@ class GPT(nn.Module):
         self.init_weights()
 
     def make_position_tables(self):
-        """The fixed position tables of 'rope' and 'sinusoidal': a function of the config, so not
-        parameters and not saved."""
-        device = self.lm_head.weight.device
-        if self.config.pos_encoding == "rope":
-            angles = rotary_angles(self.config.block_size, self.config.n_embd // self.config.n_head)
-            self.register_buffer("rope_angles", angles.to(device), persistent=False)
-        elif self.config.pos_encoding == "sinusoidal":
+        """The fixed position table of 'sinusoidal': a function of the config, so not a parameter
+        and not saved. (Rotary's angles are made as they are needed, in float32.)"""
+        device = self.transformer.wte.weight.device
+        if self.config.pos_encoding == "sinusoidal":
             # sin and cos have RMS 1/sqrt(2), far above the token embeddings' 0.02: scaled to
             # RMS 0.02, the position no longer drowns the token after the first LayerNorm.
             table = sinusoidal_positions(self.config.block_size, self.config.n_embd) * 0.02 * math.sqrt(2)
@@ -303,7 +302,8 @@ class GPT(nn.Module):
         """(cos, sin), each (T, hs/2), of positions start..start+length-1, or None without rope."""
         if self.config.pos_encoding != "rope":
             return None
-        angles = self.rope_angles[start : start + length]
+        positions = torch.arange(start, start + length, device=self.transformer.wte.weight.device)
+        angles = rotary_angles(positions, self.config.n_embd // self.config.n_head)
         return angles.cos(), angles.sin()
 
     def forward(self, idx, targets=None, cache=None, only_last=False):
@@ -341,9 +341,7 @@ class GPT(nn.Module):
         self.config.block_size = block_size
         if self.config.pos_encoding == "learned":
             self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
-        elif self.config.pos_encoding == "rope":
-            self.rope_angles = self.rope_angles[:block_size]
-        else:
+        elif self.config.pos_encoding == "sinusoidal":
             self.pos_table = self.pos_table[:block_size]
 
     @torch.no_grad()

@@ -15,7 +15,7 @@ import export
 import train
 from gptkit.checkpoint import load_checkpoint
 from gptkit.cpu import use_cpu_kernels
-from model import GPT, MLP, GPTConfig, KVCache, ReLU2, SwiGLU
+from model import GPT, MLP, GPTConfig, KVCache, ReLU2, SwiGLU, rotate
 from tests.test_cli import assert_one_error_line
 
 OPTIONS = [dict(pos_encoding="rope"), dict(norm="rmsnorm"), dict(qk_norm=True), dict(activation="relu2"),
@@ -239,3 +239,16 @@ def test_the_options_table_refuses_an_unknown_part_in_one_line(tmp_path):
     assert result.returncode == 2 and result.stdout == "", result.stderr
     assert result.stderr.startswith("error: unknown row part 'gelu' in 'rope+gelu'"), result.stderr
     assert not (tmp_path / "table").exists()
+
+
+def test_rotary_positions_survive_a_cast_to_bfloat16():
+    """A notebook or an export casts a model: its rotary angles are made in float32 all the same,
+    so a bfloat16 model turns queries and keys as the float32 one does (to bfloat16's precision)."""
+    float32 = GPT(GPTConfig(block_size=1024, vocab_size=40, n_layer=1, n_head=2, n_embd=64, pos_encoding="rope"))
+    cos, sin = float32.rotary(0, 1024)
+    cast_cos, cast_sin = float32.to(torch.bfloat16).rotary(0, 1024)
+    torch.testing.assert_close(cast_cos, cos, rtol=0, atol=1e-6)
+    torch.testing.assert_close(cast_sin, sin, rtol=0, atol=1e-6)
+    q = torch.randn(1, 2, 1024, 32)  # queries turned in bfloat16: float32's, to bfloat16's rounding
+    torch.testing.assert_close(rotate(q.bfloat16(), cast_cos, cast_sin).float(), rotate(q, cos, sin),
+                               rtol=2e-2, atol=2e-2)
