@@ -20,7 +20,7 @@ import torch
 from gptkit.files import atomic_write
 from gptkit.hardware import resolve_device, resolve_dtype
 from gptkit.runlog import progress
-from gptkit.sampling import (Sample, TokenSampler, candidates, check_init_from, check_sampling, filtered_probs,
+from gptkit.sampling import (GREEDY_BELOW, Sample, TokenSampler, candidates, check_init_from, check_sampling, filtered_probs,
                              load_chosen, prompt_file, read_prompt, sampling_context, token_label, unescape)
 from gptkit.settings import UserError, load_settings, run_cli
 
@@ -105,12 +105,12 @@ def sample(config, out=None):
     with ExitStack() as stack:
         keep = [path] + ([Path(prompt_file(config.start))] if prompt_file(config.start) else [])
         probs_file = open_probs_file(config.probs_file, stack, keep) if config.probs_file else None
-        stack.enter_context(sampling_context(model, idx, device, dtype, measure=config.dtype == "auto"))
+        stack.enter_context(sampling_context(model, device, dtype, auto=config.dtype == "auto"))
         if stream:
             out.write(codec.decode(prompt))
         if config.show_probs:
             print(f" step    drawn  the {count} most likely next tokens, with their probabilities after "
-                  f"temperature{' (greedy: at 1)' if config.temperature == 0 else ''}; * = drawn", file=out)
+                  f"temperature{' (greedy: at 1)' if config.temperature < GREEDY_BELOW else ''}; * = drawn", file=out)
         bar = stack.enter_context(progress(total=config.max_new_tokens, desc="sampling", unit="tok",
                                            disable=stream or config.num_samples == 1))
         for step, (tokens, logits) in enumerate(steps):

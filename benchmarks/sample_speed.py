@@ -19,8 +19,7 @@ from pathlib import Path
 
 import torch
 
-from gptkit.cpu import PackedLinear
-from gptkit.hardware import flops_per_token, peak_flops, resolve_device, resolve_dtype
+from gptkit.hardware import cpu_auto_dtype, flops_per_token, peak_flops, resolve_device, resolve_dtype
 from gptkit.sampling import sampling_context
 from gptkit.settings import load_settings, run_cli
 from gptkit.train_settings import TrainConfig
@@ -87,15 +86,15 @@ def main(argv):
         torch.manual_seed(0)
         model = GPT(config).to(device).eval()
         prompt = torch.randint(0, config.vocab_size, (1, args.prompt_tokens), device=device)
-        limit = limits(model, device, dtype)  # before sampling_precision, which may replace the Linear layers
-        precision = sampling_context(model, prompt, device, dtype, measure=args.dtype == "auto")  # as sample.py
+        limit = limits(model, device, dtype)
         read_dtype = dtype  # the matmuls read their weights in this dtype (autocast's copies on a GPU)
-        if device == "cpu" and dtype == "bfloat16" and not any(isinstance(m, PackedLinear) for m in model.modules()):
-            read_dtype = "float32"
-            print(f"{name}: float32, measured faster than bfloat16 for this model")
+        if device == "cpu" and dtype == "bfloat16" and args.dtype == "auto":
+            read_dtype, why = cpu_auto_dtype(config.n_embd)  # as sample.py chooses
+            if read_dtype == "float32":
+                print(f"{name}: float32 ({why})")
         in_window, past_window = limit[read_dtype]
         for new_tokens in (config.block_size - args.prompt_tokens, args.new_tokens):
-            with precision:
+            with sampling_context(model, device, dtype, auto=args.dtype == "auto"):  # as sample.py
                 tokens_per_second(model, prompt, 8, True)  # warm-up
                 cached, out_cached = tokens_per_second(model, prompt, new_tokens, True)
                 full, out_full = tokens_per_second(model, prompt, new_tokens, False)

@@ -129,6 +129,7 @@ def run_state(run, rng_of_ranks):
         "sampler": run.sampler.state_dict(),
         "rng": rng_of_ranks[0],
         "rng_of_ranks": rng_of_ranks,  # each process draws its own dropout
+        "precision": {"dtype": run.dtype, "device_type": run.device_type},  # what dtype=auto chose, kept on resume
         "model_config": asdict(run.model.config),
         "train_config": asdict(run.config),
         "meta": run.meta,

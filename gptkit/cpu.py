@@ -5,8 +5,7 @@ model.py stays the plain GPT. use_cpu_kernels swaps them in for training and eva
 import ctypes
 import functools
 import sys
-import time
-from contextlib import nullcontext
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -108,18 +107,22 @@ class PackedLinear(nn.Module):
         return y if attr != "none" else y.float()
 
 
-def sampling_precision(model, device, dtype, trial=None):
-    """Ready an eval-mode model to sample in dtype; returns the context to run it in.
+def sampling_precision(model, device, dtype):
+    """The context to sample an eval-mode model in dtype.
 
-    On a CPU in bfloat16 every nn.Linear is replaced, in place, by a PackedLinear (an MLP's
+    On a CPU in bfloat16, inside it every nn.Linear is replaced by a PackedLinear (an MLP's
     activation moves into its first one), and the rest (attention, LayerNorm) runs in float32,
-    which is faster there than bfloat16: the model can then sample but no longer train. With
-    trial (a function that samples a few tokens), float32 is kept instead where trial runs
-    faster in it, as on a small model, whose weights are read fast enough that the casts cost
-    more than bfloat16 saves. Elsewhere, or where this torch has no oneDNN bfloat16 matmul, the
-    context is autocast."""
+    which is faster there than bfloat16; on leaving it the model has its own layers again, whole
+    (its state_dict and parameters as before) and able to train. Elsewhere, or where this torch
+    has no oneDNN bfloat16 matmul, the context is autocast."""
     if device.split(":")[0] != "cpu" or dtype != "bfloat16" or not cpu_packs_bf16():
         return autocast_context(device, dtype)
+    return packed_linears(model)
+
+
+@contextmanager
+def packed_linears(model):
+    """model with PackedLinear layers in place of its nn.Linear ones, for the with block."""
     swaps = []  # (module, attribute, as it is, packed)
     for module in list(model.modules()):
         activation = getattr(module, "act", None)
@@ -129,23 +132,13 @@ def sampling_precision(model, device, dtype, trial=None):
         for name, child in module.named_children():
             if isinstance(child, nn.Linear):
                 swaps.append((module, name, child, PackedLinear(child, activation if fuse and name == "c_fc" else None)))
-
-    def pack(packed):
-        for module, name, plain, packed_module in swaps:
-            setattr(module, name, packed_module if packed else plain)
-
-    if trial is not None:
-        seconds = {}
-        for packed in (True, False):
-            pack(packed)
-            trial()  # a warm-up
-            started = time.perf_counter()
-            trial()
-            seconds[packed] = time.perf_counter() - started
-        if seconds[False] < seconds[True]:
-            return nullcontext()  # float32 throughout: the model keeps its own layers
-    pack(True)
-    return nullcontext()
+    for module, name, _, packed in swaps:
+        setattr(module, name, packed)
+    try:
+        yield
+    finally:
+        for module, name, plain, _ in swaps:
+            setattr(module, name, plain)
 
 
 @functools.lru_cache

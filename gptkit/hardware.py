@@ -38,7 +38,7 @@ def resolve_dtype(dtype, device):
     if kind == "cuda":  # V100 and T4 emulate bfloat16, slowly: float16 (with a GradScaler) there
         return "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float16"
     if kind == "cpu" and cpu_has_bf16():
-        return "bfloat16"  # train.py then measures whether it is faster for the model at hand
+        return "bfloat16"  # uncompiled, a narrow model then takes float32 (cpu_auto_dtype)
     return "float32"
 
 
@@ -46,27 +46,21 @@ def cpu_has_bf16():
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
-def fastest_cpu_dtype(model, x, y, dtypes=("float32", "bfloat16")):
-    """The dtype in which model's forward and backward on (x, y) take least time, measured here:
-    bfloat16 autocast speeds up large matmuls, but on a small model its casts cost more than it
-    saves; float32 is kept unless another is at least 10% faster. Returns (dtype, {dtype: seconds}).
-    The model is measured as it is (dropout included); its gradients are left as they were
-    (none), and torch's random numbers too."""
-    seconds = {}
-    with torch.random.fork_rng(devices=[]):  # dropout's draws here leave the run's own untouched
-        for dtype in dtypes:
-            times = []
-            for _ in range(4):  # the first is a warm-up
-                started = time.perf_counter()
-                with autocast_context("cpu", dtype):
-                    _, loss = model(x, y)
-                loss.backward()
-                times.append(time.perf_counter() - started)
-            seconds[dtype] = sorted(times[1:])[1]
-            model.zero_grad(set_to_none=True)
-    # float32 unless bfloat16 is clearly faster: a close call would flip from run to run
-    fastest = min(seconds, key=seconds.get)
-    return (fastest if seconds[fastest] < 0.9 * seconds["float32"] else "float32"), seconds
+# On a CPU with native bfloat16, uncompiled, bfloat16 runs a model at least this wide faster than
+# float32, in training and in sampling; below it the casts cost more than the faster matmuls save
+# (docs/performance.md#dtype-auto). A rule on the model, not a stopwatch: the same choice every time.
+CPU_BF16_MIN_WIDTH = 256
+
+
+def cpu_auto_dtype(n_embd, compiled=False):
+    """What dtype='auto' runs a model of width n_embd in on a CPU with native bfloat16: bfloat16
+    when compiled (its casts are fused into their neighbours) or at least CPU_BF16_MIN_WIDTH wide,
+    else float32. Returns (dtype, why)."""
+    if compiled:
+        return "bfloat16", "compiled, its casts are fused"
+    if n_embd >= CPU_BF16_MIN_WIDTH:
+        return "bfloat16", f"n_embd {n_embd} >= {CPU_BF16_MIN_WIDTH}: its matmuls gain more than the casts cost"
+    return "float32", f"n_embd {n_embd} < {CPU_BF16_MIN_WIDTH}: the casts would cost more than the matmuls gain"
 
 
 # Dense (no sparsity) tensor-core peaks in FLOP/s from the makers' data sheets, by the names

@@ -11,15 +11,22 @@ from torch.nn import functional as F
 
 from gptkit.checkpoint import find_checkpoint, load_checkpoint
 from gptkit.cpu import keep_freed_memory, sampling_precision, use_cpu_kernels
+from gptkit.hardware import cpu_auto_dtype
 from gptkit.data import codec_from_meta, meta_problem
 from gptkit.hf import PRETRAINED, gpt2_meta, is_pretrained, load_gpt2
 from gptkit.settings import UserError, reason
 from model import GPT, GPTConfig
 
 
+# A temperature below this is greedy: the logits divided by it would leave float32's range (and
+# below ~1e-45 the temperature itself is 0 in float32), and the result is greedy all the same.
+GREEDY_BELOW = 1e-4
+
+
 def check_sampling(temperature, top_k, top_p):
     if not (math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"temperature must be a finite number >= 0 (0 is greedy), got {temperature}")
+        raise ValueError(f"temperature must be a finite number >= 0 (0, or anything below {GREEDY_BELOW:g}: greedy), "
+                         f"got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be at least 1 (or None for no cut), got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
@@ -29,8 +36,8 @@ def check_sampling(temperature, top_k, top_p):
 def sampling_probs(logits, temperature=1.0, top_k=None, top_p=None):
     """The distribution the next token is drawn from: logits (B, V) -> probabilities (B, V).
 
-    Applied in this order: temperature divides the logits (0 means greedy: all mass on the
-    argmax); top-k keeps the k largest; top-p keeps the smallest set of most likely tokens
+    Applied in this order: temperature divides the logits (0, or below GREEDY_BELOW, means
+    greedy: all mass on the argmax); top-k keeps the k largest; top-p keeps the smallest set of most likely tokens
     whose probabilities sum to at least p. A token tied with the last one kept is kept too,
     so the result never depends on how ties happen to be sorted.
     """
@@ -41,7 +48,7 @@ def sampling_probs(logits, temperature=1.0, top_k=None, top_p=None):
 def filtered_probs(logits, temperature, top_k, top_p):
     """sampling_probs for settings already checked."""
     logits = logits.float()
-    if temperature == 0:
+    if temperature < GREEDY_BELOW:
         return F.one_hot(logits.argmax(dim=-1), logits.size(-1)).float()
     # Shift the best logit to 0 first: then even a tiny temperature gives 0 and -inf, never inf - inf.
     logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
@@ -207,12 +214,13 @@ def token_label(token, text):
     return f"#{token}" if "\ufffd" in text else repr(text)
 
 
-def sampling_context(model, idx, device, dtype, measure):
-    """cpu.sampling_precision for sampling from idx (B, T); with measure (dtype auto), a CPU
-    keeps bfloat16 only where 8 greedy tokens after idx's last one come faster in it. On a CPU,
-    the CPU's kernels are swapped in and freed memory is kept for reuse (cpu.py)."""
+def sampling_context(model, device, dtype, auto):
+    """cpu.sampling_precision for sampling; with auto (dtype auto), a CPU with bfloat16 keeps it
+    only for a model that runs faster in it (cpu_auto_dtype's rule). On a CPU, the CPU's kernels
+    are swapped in and freed memory is kept for reuse (cpu.py)."""
     if device == "cpu":
         use_cpu_kernels(model)
         keep_freed_memory()
-    trial = (lambda: model.generate(idx[:1, -1:], 8)) if measure else None
-    return sampling_precision(model, device, dtype, trial)
+        if auto and dtype == "bfloat16":
+            dtype, _ = cpu_auto_dtype(model.config.n_embd)
+    return sampling_precision(model, device, dtype)

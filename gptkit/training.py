@@ -19,7 +19,7 @@ from gptkit.data import BatchSampler, codec_from_meta, dataset_meta, model_vocab
 from gptkit.datasets import ensure_data
 from gptkit.distributed import Processes, materialise, shard
 from gptkit.gpu import use_gpu_loss
-from gptkit.hardware import (autocast_context, enable_tf32, fastest_cpu_dtype, flops_per_token, peak_flops,
+from gptkit.hardware import (autocast_context, cpu_auto_dtype, enable_tf32, flops_per_token, peak_flops,
                              resolve_compile, resolve_dtype)
 from gptkit.hellaswag import HellaSwag, check_vocabulary, hellaswag_file
 from gptkit.hf import gpt2_meta, load_gpt2
@@ -48,6 +48,7 @@ class TrainingRun:
         config = with_settings(config, compile=resolve_compile(config.compile, self.device))
         config, saved, pretrained = self.starting_point(config)
         self.config = config
+        self.choose_precision(saved)
         seed_everything(config.seed)
 
         data_dir = ensure_data(config.data_dir, config.dataset)
@@ -88,7 +89,8 @@ class TrainingRun:
         # FSDP: every process runs as many HellaSwag forwards, each gathering the weights
         self.hellaswag_forwards = max(self.procs.gather(len(self.hellaswag.batches))) \
             if self.hellaswag and self.sharded else 0
-        self.choose_precision()
+        if self.precision_note:
+            print(self.precision_note)
         self.peak, self.peak_source = peak_flops(self.device, self.dtype)  # for MFU
         self.flops_per_token = sum(flops_per_token(self.model)["training"])
         wandb = start_wandb(config) if config.wandb_log and not config.eval_only and self.procs.master else None
@@ -175,20 +177,22 @@ class TrainingRun:
             step_model = torch.compile(step_model)
         return step_model
 
-    def choose_precision(self):
-        """The run's autocast, and the device's settings that go with it. dtype='auto' on one CPU
-        with bfloat16 keeps bfloat16 when compiled (its casts are fused) and otherwise measures
-        which of float32 and bfloat16 runs this model faster."""
-        config = self.config
-        if config.dtype == "auto" and self.dtype == "bfloat16" and self.device_type == "cpu" and \
-                self.procs.world_size == 1:
-            if config.compile:
-                print("dtype auto: bfloat16 (compiled, its casts are fused: faster than float32 at any size)")
-            else:
-                x, y = self.sampler.batch("val", rng=np.random.default_rng(0))  # not the run's own batches
-                self.dtype, seconds = fastest_cpu_dtype(self.model, x[:8].long(), y[:8].long())
-                print(f"dtype auto: {self.dtype} (forward and backward of 8 sequences: "
-                      + ", ".join(f"{d} {1000 * t:.1f} ms" for d, t in seconds.items()) + ", measured here)")
+    def choose_precision(self, saved):
+        """The run's dtype and autocast, and the device's settings that go with them. A resumed run
+        keeps the dtype it was saved with, unless another is set; dtype='auto' on one CPU with
+        bfloat16 follows cpu_auto_dtype's rule on the model. What was chosen is said once the run
+        is set up (precision_note)."""
+        config, self.precision_note = self.config, None
+        recorded = (saved or {}).get("precision", {})
+        if recorded.get("device_type") == self.device_type:
+            if config.dtype == "auto":
+                self.dtype = recorded["dtype"]
+                self.precision_note = f"dtype auto: {self.dtype}, as the run was saved"
+            elif recorded["dtype"] != self.dtype:
+                self.precision_note = f"dtype {self.dtype} as set; the run was saved training in {recorded['dtype']}"
+        elif config.dtype == "auto" and self.dtype == "bfloat16" and self.device_type == "cpu":
+            self.dtype, why = cpu_auto_dtype(config.n_embd, config.compile)
+            self.precision_note = f"dtype auto: {self.dtype} ({why})"
         if self.device_type == "cuda":
             enable_tf32()
         if self.device_type == "cpu":

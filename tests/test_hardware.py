@@ -1,16 +1,15 @@
 """Which precision a run uses and what its speed is measured against."""
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 import gptkit.cpu as cpu
 import gptkit.hardware as hardware
-import gptkit.training
 import train
 from gptkit.settings import load_settings
 from gptkit.train_settings import TrainConfig
@@ -20,38 +19,31 @@ from model import GPT, GPTConfig
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_fastest_cpu_dtype_measures_and_leaves_the_run_untouched():
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=16, vocab_size=40, n_layer=2, n_head=2, n_embd=32, dropout=0.1))
-    x = torch.randint(0, 40, (4, 16))
-    state = torch.get_rng_state()
-    dtype, seconds = hardware.fastest_cpu_dtype(model, x, x)
-    assert set(seconds) == {"float32", "bfloat16"} and all(t > 0 for t in seconds.values())
-    faster = seconds["bfloat16"] < 0.9 * seconds["float32"]
-    assert dtype == ("bfloat16" if faster else "float32")
-    assert torch.equal(torch.get_rng_state(), state), "dropout's draws leaked into the run's random numbers"
-    assert all(p.grad is None for p in model.parameters())
-    assert model.training
-
-
-def test_auto_measures_on_a_bf16_cpu_and_says_what_it_chose(char_data, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
-    monkeypatch.setattr(gptkit.training, "fastest_cpu_dtype", lambda model, x, y: ("float32", {"float32": 0.01, "bfloat16": 0.02}))
-    config = load_settings(TrainConfig, [
-        f"--data_dir={char_data}", "--dataset=tiny", f"--out_dir={tmp_path / 'out'}", "--n_layer=1", "--n_head=1",
-        "--n_embd=16", "--block_size=8", "--batch_size=2", "--device=cpu", "--dtype=auto"])
-    rng = np.random.default_rng(config.seed).bit_generator.state
-    run = TrainingRun(config)
-    assert run.dtype == "float32"
-    assert "dtype auto: float32 (forward and backward of 8 sequences: float32 10.0 ms, bfloat16 20.0 ms" \
-        in capsys.readouterr().out
-    assert run.sampler.rng.bit_generator.state == rng, "the measurement drew from the run's batches"
-
-
 @pytest.fixture
 def determinism_restored():
     yield
     torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.parametrize("width, compiled, dtype", [(16, False, "float32"), (255, False, "float32"),
+                                                   (256, False, "bfloat16"), (16, True, "bfloat16")])
+def test_auto_on_a_bf16_cpu_follows_a_rule_on_the_model_and_says_it(char_data, tmp_path, monkeypatch, capsys,
+                                                                   width, compiled, dtype, determinism_restored):
+    """dtype auto on a CPU with bfloat16: bfloat16 when compiled or at least 256 wide, else float32;
+    decided by the model, never by a stopwatch (so a busy moment cannot flip it)."""
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(hardware.time, "perf_counter", lambda: pytest.fail("timed the choice"))
+    assert hardware.cpu_auto_dtype(width, compiled)[0] == dtype
+    config = load_settings(TrainConfig, [
+        f"--data_dir={char_data}", "--dataset=tiny", f"--out_dir={tmp_path / 'out'}", "--n_layer=1", "--n_head=1",
+        f"--n_embd={width}", "--block_size=8", "--batch_size=2", "--device=cpu", "--dtype=auto",
+        f"--compile={compiled}"])
+    monkeypatch.undo()  # the run's own clock
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
+    run = TrainingRun(config)
+    assert run.dtype == dtype
+    assert f"dtype auto: {dtype} (" in capsys.readouterr().out
+    run.close()
 
 
 def test_compiling_on_a_cpu_asks_for_deterministic_kernels(tiny_train_args, determinism_restored):
@@ -62,18 +54,6 @@ def test_compiling_on_a_cpu_asks_for_deterministic_kernels(tiny_train_args, dete
     args = [a.replace("/out", "/out2") if a.startswith("--out_dir") else a for a in tiny_train_args]
     TrainingRun(load_settings(TrainConfig, args + ["--compile=True"]))
     assert torch.are_deterministic_algorithms_enabled()
-
-
-def test_auto_with_compile_on_a_bf16_cpu_takes_bfloat16_unmeasured(char_data, tmp_path, monkeypatch, capsys,
-                                                                   determinism_restored):
-    # compiled, bfloat16's casts are fused away and it is the faster one even on a small model
-    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
-    monkeypatch.setattr(gptkit.training, "fastest_cpu_dtype", lambda *args: pytest.fail("measured, though compiled"))
-    config = load_settings(TrainConfig, [
-        f"--data_dir={char_data}", "--dataset=tiny", f"--out_dir={tmp_path / 'out'}", "--n_layer=1", "--n_head=1",
-        "--n_embd=16", "--block_size=8", "--batch_size=2", "--device=cpu", "--dtype=auto", "--compile=True"])
-    assert TrainingRun(config).dtype == "bfloat16"
-    assert "dtype auto: bfloat16 (compiled" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -198,12 +178,14 @@ def test_side_by_side_benchmark_names_a_missing_nanogpt_checkout(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_the_gpu_check_without_a_gpu_is_one_line_and_exit_status_2(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), f"--out={tmp_path / 'r.json'}"],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and result.stdout == "", result.stderr
-    assert result.stderr.strip().splitlines() == ["error: no CUDA GPU here (torch.cuda.is_available() is False); run "
-                                                  "the GPU checks on a machine with one"]
-    assert not (tmp_path / "r.json").exists()
+    for extra in ([], ["--multi"]):  # the check on one GPU, and the one across several
+        result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"),
+                                 f"--out={tmp_path / 'r.json'}", *extra], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and result.stdout == "", result.stderr
+        assert result.stderr.strip().splitlines() == ["error: no CUDA GPU here (torch.cuda.is_available() is False); "
+                                                      "run the GPU checks on a machine with one"]
+        assert not (tmp_path / "r.json").exists()
+        assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
@@ -264,29 +246,10 @@ def test_packed_sampling_gives_the_float32_model_tokens_cached_or_not(activation
     assert torch.equal(cached, tokens32)
 
 
-@needs_packing
-@pytest.mark.parametrize("packed_is_faster", [True, False])
-def test_sampling_precision_keeps_what_its_trial_measures_faster(packed_is_faster):
-    import time
-    model = decisive_model()
-    calls = []
-
-    def trial():  # 20 ms slower in the precision that should lose
-        packed = isinstance(model.lm_head, cpu.PackedLinear)
-        calls.append(packed)
-        time.sleep(0.02 if packed != packed_is_faster else 0)
-
-    cpu.sampling_precision(model, "cpu", "bfloat16", trial)
-    assert set(calls) == {True, False}
-    linears = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, cpu.PackedLinear))]
-    assert len(linears) == 2 * 4 + 1
-    assert all(isinstance(m, cpu.PackedLinear if packed_is_faster else torch.nn.Linear) for m in linears)
-
-
 @pytest.mark.filterwarnings("ignore:CUDA is not available")
 def test_sampling_precision_leaves_float32_and_gpus_to_autocast():
     model = decisive_model()
-    assert isinstance(cpu.sampling_precision(model, "cpu", "float32"), cpu.nullcontext)
+    assert isinstance(cpu.sampling_precision(model, "cpu", "float32"), contextlib.nullcontext)
     assert isinstance(cpu.sampling_precision(model, "cuda", "bfloat16"), torch.autocast)
     assert sum(isinstance(m, torch.nn.Linear) for m in model.modules()) == 2 * 4 + 1
 

@@ -735,3 +735,32 @@ def test_checkpoint_with_pickled_code_is_refused_unrun(data_dir, trained, tmp_pa
     function, arguments = Payload(marker).__reduce__()
     function(*arguments)
     assert marker.exists()
+
+
+@pytest.mark.skipif(not __import__("gptkit.hardware").hardware.cpu_has_bf16(), reason="this CPU has no bfloat16")
+@pytest.mark.parametrize("width", [32, 256])
+def test_dtype_auto_stopped_and_resumed_equals_the_straight_run(data_dir, tmp_path, capsys, width):
+    """dtype auto chooses by a rule on the model and the checkpoint records the choice: 60 steps
+    straight and 30 + 30 give the same weights, in float32 (narrow) and bfloat16 (wide) alike."""
+    common = dict(dtype="auto", dropout=0.0, n_embd=width, max_iters=60, lr_decay_iters=60, eval_interval=30)
+    assert train.main(settings(data_dir, tmp_path / "straight", **common)) == 0
+    assert train.main(settings(data_dir, tmp_path / "stopped", **{**common, "max_iters": 30})) == 0
+    assert train.main(settings(data_dir, tmp_path / "stopped", **common, init_from="resume")) == 0
+    out = capsys.readouterr().out
+    chosen = "bfloat16" if width >= 256 else "float32"
+    assert f"dtype auto: {chosen} (n_embd {width}" in out and f"dtype auto: {chosen}, as the run was saved" in out
+    assert load_checkpoint(tmp_path / "stopped" / "ckpt.pt")["precision"] == {"dtype": chosen, "device_type": "cpu"}
+    assert_same_training_state(tmp_path / "straight" / "ckpt.pt", tmp_path / "stopped" / "ckpt.pt")
+
+
+def test_a_resume_keeps_the_dtype_its_run_was_saved_with(data_dir, tmp_path, capsys):
+    """A run saved in bfloat16 resumes in bfloat16 with dtype auto, whatever auto would choose
+    now; a dtype set on the command line wins, and the run says what it was saved with."""
+    out_dir = tmp_path / "out"
+    assert train.main(settings(data_dir, out_dir, dtype="bfloat16", max_iters=10, dropout=0.0)) == 0
+    assert train.main(settings(data_dir, out_dir, dtype="auto", max_iters=15, dropout=0.0, init_from="resume")) == 0
+    assert "dtype auto: bfloat16, as the run was saved" in capsys.readouterr().out
+    assert load_checkpoint(out_dir / "ckpt.pt")["precision"]["dtype"] == "bfloat16"
+    assert train.main(settings(data_dir, out_dir, dtype="float32", max_iters=20, dropout=0.0, init_from="resume")) == 0
+    assert "dtype float32 as set; the run was saved training in bfloat16" in capsys.readouterr().out
+    assert load_checkpoint(out_dir / "ckpt.pt")["precision"]["dtype"] == "float32"

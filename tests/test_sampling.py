@@ -82,15 +82,21 @@ def test_lower_temperature_is_sharper():
     assert cold[0, 2] > sampling_probs(logits)[0, 2] > hot[0, 2]
 
 
-@pytest.mark.parametrize("temperature", [1e-45, 1e-30, 1e-8])
-def test_tiny_temperature_puts_all_mass_on_the_best_token(temperature):
-    """Logits divided by a tiny temperature overflow to inf; the result must still be a
-    distribution (a tie at the top shares the mass), never nan."""
-    logits = torch.tensor([[1.0, 3.0, 2.0, float("-inf")], [5.0, 5.0, -1.0, 0.0]])
+@pytest.mark.parametrize("temperature", [1e-50, 1e-45, 1e-30, 1e-8, 9.9e-5])
+def test_a_temperature_below_the_floor_is_greedy(temperature):
+    """Below GREEDY_BELOW (1e-4) a temperature is greedy, exactly as 0 is: dividing by it would
+    overflow float32 (and below ~1e-45 it is 0 in float32, which would give 0/0)."""
+    logits = torch.tensor([[1.0, 3.0, 2.0, float("-inf")], [5.0, 4.0, -1.0, 0.0]])
     probs = sampling_probs(logits, temperature=temperature)
+    torch.testing.assert_close(probs, sampling_probs(logits, temperature=0))
+    torch.testing.assert_close(probs, torch.tensor([[0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]))
+
+
+def test_a_small_temperature_above_the_floor_is_a_distribution():
+    logits = torch.tensor([[1.0, 3.0, 2.0, float("-inf")], [5.0, 5.0, -1.0, 0.0]])
+    probs = sampling_probs(logits, temperature=1e-4)
     torch.testing.assert_close(probs, torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0]]))
-    token = torch.multinomial(probs, 1)  # what generate does with it: no error
-    assert token[0, 0] == 1
+    assert torch.multinomial(probs, 1)[0, 0] == 1  # what generate does with it: no error
 
 
 def test_huge_temperature_is_uniform_over_real_tokens():
@@ -784,3 +790,39 @@ def test_sample_cli_stream_flushes_held_back_text_at_the_end(char_checkpoint):
     [same], out = run_sample(path, start="a", max_new_tokens=10, temperature=0, stop=stop)
     assert same == text
     assert out == "a" + text + "\n---------------\n"
+
+
+def test_sample_cli_with_a_tiny_temperature_gives_the_greedy_text(char_checkpoint):
+    path, _ = char_checkpoint
+    [greedy], _ = run_sample(path, start="a", max_new_tokens=20, temperature=0)
+    [tiny], _ = run_sample(path, start="a", max_new_tokens=20, temperature=1e-50)
+    assert tiny == greedy
+
+
+@pytest.mark.parametrize("width", [32, 256])
+def test_dtype_auto_samples_by_a_rule_on_the_model_and_leaves_it_whole(tmp_path, width):
+    """On a CPU with bfloat16, dtype auto packs the Linear layers in bfloat16 for a model at least
+    256 wide and keeps float32 below: a rule, never a stopwatch, so the same command gives the
+    same text every time. After sampling the model is whole: the same state_dict, able to train."""
+    from gptkit.cpu import PackedLinear, cpu_packs_bf16
+    from gptkit.hardware import cpu_has_bf16
+    from gptkit.sampling import sampling_context
+
+    chars = "\nabcdefgh"
+    config = GPTConfig(block_size=16, vocab_size=len(chars), n_layer=1, n_head=2, n_embd=width)
+    model = random_model(config, seed=18, std=0.5)
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"model": model.state_dict(), "model_config": dataclasses.asdict(config),
+                           "train_config": {}, "iter_num": 0, "best_val_loss": math.inf,
+                           "meta": {"codec": "char", "vocab_size": len(chars), "chars": chars}})
+    settings = dict(checkpoint=str(path), device="cpu", dtype="auto", start="a", max_new_tokens=30, seed=5)
+    texts = [sample_cli.sample(SampleConfig(**settings), io.StringIO()) for _ in range(2)]
+    assert texts[0] == texts[1]
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    with sampling_context(model, "cpu", "bfloat16" if cpu_has_bf16() else "float32", auto=True):
+        packed = any(isinstance(m, PackedLinear) for m in model.modules())
+    assert packed == (width >= 256 and cpu_has_bf16() and cpu_packs_bf16())
+    after = model.state_dict()
+    assert sorted(after) == sorted(before) and all(torch.equal(after[k], before[k]) for k in before)
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())
+    model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))[1].backward()  # trains

@@ -224,7 +224,7 @@ function leaveTokens() {
 function distribution(sorted, temperature, topK, topP) {
   const n = sorted.length;
   const raw = new Float64Array(n), kept = new Float64Array(n);
-  if (temperature === 0) {  // greedy: all the mass on the likeliest
+  if (temperature < 1e-4) {  // greedy: all the mass on the likeliest (GREEDY_BELOW in gptkit/sampling.py)
     raw[0] = kept[0] = 1;
     return {raw, kept};
   }
@@ -303,7 +303,7 @@ function redrawBars() {
 function onSlider() {
   const started = performance.now();
   const {temperature, top_k, top_p} = settings();
-  $("temperature-value").textContent = temperature === 0 ? "0 (greedy)" : temperature.toFixed(2);
+  $("temperature-value").textContent = temperature < 1e-4 ? `${temperature} (greedy)` : temperature.toFixed(2);
   $("top-k-value").textContent = top_k === null ? "off" : String(top_k);
   $("top-p-value").textContent = top_p === null ? "off" : top_p.toFixed(2);
   if (!page.sorted) return;
