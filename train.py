@@ -14,6 +14,7 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 
 from gptkit.checkpoint import save_run
 from gptkit.distributed import gradient_sync
@@ -109,7 +110,8 @@ def train_step(run, lr):
 def estimate_loss(run):
     """{split: (mean loss, bits per byte)} over eval_iters batches of each split, the same
     batches every time. Bits per byte: the summed cross-entropy in bits over the UTF-8 bytes of
-    text the predicted tokens stand for, which compares models of different vocabularies."""
+    text the predicted tokens stand for, which compares models of different vocabularies. Tokens
+    that stand for no text (<|endoftext|>, ignored targets) count on neither side."""
     run.model.eval()
     losses, procs = {}, run.procs
     with progress(total=2 * run.config.eval_iters, desc="evaluating", unit="batch") as bar:
@@ -122,10 +124,12 @@ def estimate_loss(run):
             for i in range(rounds):  # FSDP: every process runs as many forwards (each gathers weights)
                 x, y = run.to_device(share[i] if i < len(share) else batches[0])
                 with run.autocast:
-                    _, loss = run.model(x, y)
+                    logits, loss = run.model(x, y)
                 if i < len(share):
-                    total += torch.stack([loss.double(), loss.double() * y.numel() / math.log(2),
-                                          run.token_bytes[y].sum().double()])
+                    text_bytes = torch.where(y >= 0, run.token_bytes[y.clamp(min=0)], 0)  # -1: ignored
+                    nats = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-1, reduction="none")
+                    bits = (nats.double() * (text_bytes.flatten() > 0)).sum() / math.log(2)
+                    total += torch.stack([loss.double(), bits, text_bytes.sum().double()])
                 bar.update(procs.world_size)
             loss, bits, text_bytes = (procs.sum(value) for value in total.tolist())
             losses[split] = (loss / run.config.eval_iters, bits / text_bytes if text_bytes else math.nan)
