@@ -63,20 +63,29 @@ class CPUCausalSelfAttention(CausalSelfAttention):
         return super().attend(q, k, v, mask, is_causal)
 
 
+@contextmanager
 def keep_freed_memory():
-    """Have glibc's malloc keep the memory a step frees, for the next step to reuse. By default
-    it hands freed blocks of more than ~128 KiB back to the system and faults them in again,
-    zero-filled, the next time, which makes a small model's CPU step measurably slower (see
-    docs/performance.md). Returns whether the setting took (False off glibc, e.g. macOS or musl)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
+    """Within it, glibc's malloc keeps the memory a step frees, for the next step to reuse. By
+    default it hands freed blocks of more than ~128 KiB back to the system and faults them in
+    again, zero-filled, the next time, which makes a small model's CPU step measurably slower
+    (see docs/performance.md). On leaving, glibc's defaults are set again. Yields whether the
+    setting took (False off glibc, e.g. macOS or musl)."""
+    mallopt = None
+    if sys.platform.startswith("linux"):
+        try:
+            mallopt = ctypes.CDLL("libc.so.6").mallopt
+        except (OSError, AttributeError):
+            pass
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
     # blocks up to 32 MiB (glibc's most) come from the heap, and the heap is never trimmed
-    return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
+    took = mallopt is not None and bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and \
+        bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
+    try:
+        yield took
+    finally:
+        if mallopt is not None:
+            mallopt(M_MMAP_THRESHOLD, 128 << 10)  # glibc's defaults
+            mallopt(M_TRIM_THRESHOLD, 128 << 10)
 
 
 class PackedLinear(nn.Module):

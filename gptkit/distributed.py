@@ -36,6 +36,7 @@ class Processes:
         if backend == "nccl" and not self.device.startswith("cuda"):
             raise UserError(f"backend=nccl needs GPUs, but this run's device is {self.device}; "
                             f"use --backend=gloo (or leave backend at auto)")
+        self.stdout = sys.stdout
         if not self.master:  # one voice: the other ranks print no log lines (progress.py: no bars)
             sys.stdout = open(os.devnull, "w")
         if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
@@ -94,6 +95,9 @@ class Processes:
     def close(self):
         if dist.is_initialized():
             dist.destroy_process_group()
+        if self.world_size > 1 and sys.stdout is not self.stdout:  # the other ranks' voice back
+            sys.stdout.close()
+            sys.stdout = self.stdout
 
 
 @contextmanager

@@ -4,7 +4,7 @@ import functools
 import re
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 
 import torch
 
@@ -171,13 +171,30 @@ def enable_tf32():
 
 
 def autocast_context(device, dtype):
-    """The one place mixed precision is switched on: weights stay float32, matmuls run in dtype."""
+    """The one place mixed precision is switched on: weights stay float32, matmuls run in dtype.
+    A context that may be entered again and again (each step enters it)."""
     if dtype == "float32":
         return nullcontext()
-    # RMSNorm of a bfloat16 input with its float32 weight is what autocast intends; torch's warning
-    # that this takes its unfused kernel says nothing a user can act on.
-    warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
-    return torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, dtype))
+    return Autocast(device.split(":")[0], getattr(torch, dtype))
+
+
+class Autocast:
+    """torch.autocast, with torch's warning that RMSNorm of a bfloat16 input and its float32 weight
+    takes the unfused kernel silenced inside it alone: that is what autocast intends, and the
+    warning says nothing a user can act on. Nothing is left in the process's warning filters."""
+
+    def __init__(self, device_type, dtype):
+        self.device_type, self.dtype, self.entered = device_type, dtype, []
+
+    def __enter__(self):
+        scope = ExitStack()
+        scope.enter_context(warnings.catch_warnings())
+        warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
+        scope.enter_context(torch.autocast(device_type=self.device_type, dtype=self.dtype))
+        self.entered.append(scope)
+
+    def __exit__(self, *exc):
+        return self.entered.pop().__exit__(*exc)
 
 
 def synchronize(device):

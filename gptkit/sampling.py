@@ -4,6 +4,7 @@ top-k, top-p), the prompt, and the text as it grows."""
 
 import math
 import re
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
@@ -214,13 +215,16 @@ def token_label(token, text):
     return f"#{token}" if "\ufffd" in text else repr(text)
 
 
+@contextmanager
 def sampling_context(model, device, dtype, auto):
     """cpu.sampling_precision for sampling; with auto (dtype auto), a CPU with bfloat16 keeps it
     only for a model that runs faster in it (cpu_auto_dtype's rule). On a CPU, the CPU's kernels
-    are swapped in and freed memory is kept for reuse (cpu.py)."""
-    if device == "cpu":
-        use_cpu_kernels(model)
-        keep_freed_memory()
-        if auto and dtype == "bfloat16":
-            dtype, _ = cpu_auto_dtype(model.config.n_embd)
-    return sampling_precision(model, device, dtype)
+    are swapped in and freed memory is kept for reuse while sampling (cpu.py)."""
+    with ExitStack() as scope:
+        if device == "cpu":
+            use_cpu_kernels(model)
+            scope.enter_context(keep_freed_memory())
+            if auto and dtype == "bfloat16":
+                dtype, _ = cpu_auto_dtype(model.config.n_embd)
+        scope.enter_context(sampling_precision(model, device, dtype))
+        yield

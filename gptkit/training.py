@@ -5,6 +5,7 @@ it writes. train.py's loop works with the TrainingRun this builds."""
 import gc
 import os
 import random
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -38,6 +39,14 @@ class TrainingRun:
     checkpoint keeps, the clock, the metrics file and the non-finite policy."""
 
     def __init__(self, config):
+        self.scoped = ExitStack()  # what the run sets process-wide, undone by close()
+        try:
+            self.set_up(config)
+        except BaseException:  # a mistake found while setting up leaves the process as it was
+            self.scoped.close()
+            raise
+
+    def set_up(self, config):
         self.out_dir = Path(config.out_dir)
         self.procs = Processes(config.backend, config.device)  # one, or torchrun's many
         check_accumulation(config.gradient_accumulation_steps, self.procs.world_size)
@@ -173,7 +182,7 @@ class TrainingRun:
             if self.device_type == "cpu":
                 # Compiled CPU kernels otherwise add in an order that differs from run to run (an
                 # index_put in the embedding's gradient, among others); torch's own kernels repeat.
-                torch.use_deterministic_algorithms(True)
+                self.scoped.enter_context(deterministic_algorithms())
             step_model = torch.compile(step_model)
         return step_model
 
@@ -196,7 +205,7 @@ class TrainingRun:
         if self.device_type == "cuda":
             enable_tf32()
         if self.device_type == "cpu":
-            keep_freed_memory()
+            self.scoped.enter_context(keep_freed_memory())
         self.autocast = autocast_context(self.device, self.dtype)
 
     def open_out_dir(self, metrics_lines, wandb):
@@ -232,7 +241,9 @@ class TrainingRun:
         return self.flops_per_token * tokens_per_second / (self.peak * self.procs.world_size)
 
     def close(self):
-        """Close the metrics file, then the processes' connections, the wrapped models going first."""
+        """Close the metrics file, then the processes' connections, the wrapped models going first;
+        undo what the run set process-wide."""
+        self.scoped.close()
         self.metrics.close()
         self.step_model = None  # DistributedDataParallel goes before its process group does
         if self.procs.world_size > 1:  # and so do the sharded weights and optimizer state
@@ -249,6 +260,17 @@ def use_fast_paths(model, device_type):
     if device_type == "cuda":
         return use_gpu_loss(model)
     return model
+
+
+@contextmanager
+def deterministic_algorithms():
+    """torch.use_deterministic_algorithms(True) within it, as it was after."""
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was)
 
 
 def check_accumulation(steps, world_size):

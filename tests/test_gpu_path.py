@@ -3,6 +3,7 @@ times that include the device's work, compiling by default, one pinned copy a st
 resume on fewer GPUs than the run was saved on."""
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -132,3 +133,47 @@ def test_a_gpu_run_trains_with_the_chunked_loss_and_a_cpu_run_with_the_cpu_kerne
     assert type(on_gpu) is ChunkedLossGPT and type(on_gpu.transformer.h[0].attn) is not CPUCausalSelfAttention
     on_cpu = use_fast_paths(GPT(tiny_config), "cpu")
     assert type(on_cpu) is GPT and type(on_cpu.transformer.h[0].attn) is CPUCausalSelfAttention
+
+
+@pytest.mark.slow
+def test_train_sample_train_in_one_process_behaves_like_three_commands(tiny_train_args, tmp_path, capsys):
+    """A notebook trains (compiled, bfloat16), samples, and trains again: nothing the first run set
+    process-wide (deterministic kernels, warning filters, the output stream) outlives it, and the
+    second run equals the first."""
+    import warnings
+
+    import sample
+
+    filters, stdout = list(warnings.filters), sys.stdout
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    args = with_args(tiny_train_args, compile=True, dtype="bfloat16", norm="rmsnorm", max_iters=10, eval_interval=5)
+    assert train.main(args) == 0
+    assert torch.are_deterministic_algorithms_enabled() == deterministic
+    assert warnings.filters == filters and sys.stdout is stdout
+    out_dir = Path(tiny_train_args[2].split("=", 1)[1])
+    assert sample.main([f"--out_dir={out_dir}", "--max_new_tokens=5", "--dtype=bfloat16", "--device=cpu"]) == 0
+    assert warnings.filters == filters and torch.are_deterministic_algorithms_enabled() == deterministic
+    again = with_args(args, out_dir=tmp_path / "again")
+    assert train.main(again) == 0
+    assert warnings.filters == filters and torch.are_deterministic_algorithms_enabled() == deterministic
+    untimed = lambda rows: [{k: v for k, v in r.items() if k not in ("elapsed", "tokens_per_sec", "mfu")}  # noqa: E731
+                            for r in rows]
+    assert untimed(metrics(out_dir)) == untimed(metrics(tmp_path / "again"))
+
+
+def test_a_quiet_rank_gets_its_output_stream_back_when_closed(monkeypatch):
+    """Under torchrun the ranks other than 0 print nothing; closing their Processes gives the
+    process its stdout back (a notebook or a test that goes on printing)."""
+    import torch.distributed as dist
+
+    from gptkit.distributed import Processes
+
+    for name, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE", raising=False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kwargs: None)
+    stdout = sys.stdout
+    procs = Processes("gloo", "cpu")
+    assert sys.stdout is not stdout  # quiet
+    procs.close()
+    assert sys.stdout is stdout
