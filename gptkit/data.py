@@ -282,7 +282,8 @@ class CharCodec:
     def encode(self, text):
         unknown = sorted(set(text) - self.index.keys())
         if unknown:
-            raise UserError(f"text has characters outside the model's vocabulary: {''.join(unknown)!r}; "
+            more = f" and {len(unknown) - 20:,} more" if len(unknown) > 20 else ""  # the line stays short
+            raise UserError(f"text has characters outside the model's vocabulary: {''.join(unknown[:20])!r}{more}; "
                             f"use only characters from its training text (a prompt is set with --start)")
         return [self.index[ch] for ch in text]
 

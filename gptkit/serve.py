@@ -6,12 +6,17 @@ and one out; Generate streams JSON lines, one a token. The model runs under a lo
 at a time, so two tabs cannot mix their work. The page's three files are read from
 gptkit/web/ once, at start, into a fixed table: no path a browser sends is ever opened.
 A request the server cannot answer gets a 4xx status and {"error": "..."}, never a traceback.
+
+Only its own page may use it: a request whose Host is not the address the server listens on
+(a web site that points its own name at 127.0.0.1, "DNS rebinding") gets 403, as does a POST
+from a page of another origin. A client that stalls is dropped after SOCKET_TIMEOUT seconds.
 """
 
 import base64
 import errno
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import re
@@ -28,7 +33,7 @@ from torch.nn import functional as F
 
 from gptkit.data import CharCodec
 from gptkit.inside import embedding_table, head_weights, label, logit_lens, map_tokens, nearest, pca_2d, trace
-from gptkit.sampling import TokenSampler, check_sampling, filtered_probs, token_label
+from gptkit.sampling import GREEDY_BELOW, TokenSampler, check_sampling, filtered_probs, token_label
 from gptkit.settings import UserError
 
 WEB = Path(__file__).resolve().parent / "web"
@@ -47,6 +52,14 @@ MAX_BODY = 1 << 20  # bytes: a prompt of the longest context is far smaller
 # past this (GPT-2 past ~340 tokens), only the layer the page shows.
 ATTENTION_LIMIT = 1 << 24
 MAX_GENERATE = 1000
+MAX_STREAMS = 4  # Generate streams at once (each holds a KV cache); more are answered 503
+SOCKET_TIMEOUT = 30  # seconds a client may stall, mid-request or not reading a stream, before it is dropped
+# Only the page's own files run and style it (the favicon is an empty data: URL); no other page may frame it.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+                               "frame-ancestors 'none'",
+}
 
 
 class BadRequest(Exception):
@@ -70,6 +83,8 @@ class Explorer:
         self.lock = threading.Lock()
         self.key = os.urandom(16)  # signs the sampler states handed to the page (see sign)
         self.map = None  # the embedding map, made at its first request
+        self.unit_table = None  # the embeddings normalised, made at the first neighbours request
+        self.streams = threading.BoundedSemaphore(MAX_STREAMS)
 
     def info(self):
         c = self.model.config
@@ -174,7 +189,8 @@ class Explorer:
                 with self.lock:
                     token, logits = next(steps)
                 token = token.item()
-                probs = filtered_probs(logits[:, :self.vocab_size], temperature or 1.0, top_k, top_p)[0].cpu()
+                shown = temperature if temperature >= GREEDY_BELOW else 1.0  # greedy: shown at temperature 1
+                probs = filtered_probs(logits[:, :self.vocab_size], shown, top_k, top_p)[0].cpu()
                 top = probs.topk(min(CANDIDATES, self.vocab_size))
                 yield {"id": token, "prob": significant(probs[token].item()),
                        "candidates": [[i, significant(p)] for i, p in zip(top.indices.tolist(), top.values.tolist())],
@@ -213,8 +229,10 @@ class Explorer:
         return self.map
 
     def neighbours(self, token):
-        close = nearest(embedding_table(self.model, self.codec), embedding_table(self.model, self.codec)[token],
-                        NEIGHBOURS, exclude={token})
+        with self.lock:
+            if self.unit_table is None:  # the embeddings at unit length, made once: a click is one matmul
+                self.unit_table = F.normalize(embedding_table(self.model, self.codec), dim=-1)
+            close = nearest(self.unit_table, self.unit_table[token], NEIGHBOURS, exclude={token})
         return {"id": token, "neighbours": [[i, round(s, 4)] for i, s in close],
                 "vocab": self.vocab([token] + [i for i, _ in close])}
 
@@ -243,9 +261,10 @@ def sampling_settings(body):
     if top_p is not None and (not isinstance(top_p, (int, float)) or isinstance(top_p, bool)):
         raise BadRequest("top_p must be a number or null")
     try:
-        check_sampling(float(temperature), top_k, top_p)
-    except ValueError as e:
-        raise BadRequest(str(e)) from None
+        check_sampling(float(temperature), top_k, float(top_p) if top_p is not None else None)
+    except (ValueError, OverflowError) as e:  # OverflowError: an integer too large for a float
+        raise BadRequest(str(e) if isinstance(e, ValueError) else "temperature and top_p must be numbers within "
+                         "a float's range") from None
     return float(temperature), top_k, None if top_p is None else float(top_p)
 
 
@@ -264,12 +283,39 @@ class PageHandler(BaseHTTPRequestHandler):
     explorer: Explorer
     pages: dict
     server_version = "gpt-train"
+    timeout = SOCKET_TIMEOUT  # the socket's: a stalled read or write raises TimeoutError, and the connection ends
 
     def log_message(self, format, *args):
         pass  # the page asks at every pause in typing: a line each would bury the URL
 
+    def refused(self, post=False):
+        """Send 403 and return True unless the request is the page's own: its Host names this server
+        (as the page's address does), and a POST's Origin, where the browser sends one, is this server."""
+        host = self.headers.get("Host", "")
+        if not self.server.serves(host):
+            self.fail(403, f"Host {host[:100]!r} is not this server's address; open the page at "
+                           f"http://127.0.0.1:{self.server.server_address[1]}/")
+            return True
+        origin = self.headers.get("Origin")
+        if post and origin is not None and origin != f"http://{host}":
+            self.fail(403, f"a page of another site ({origin[:100]}) may not use this server")
+            return True
+        return False
+
+    def do_HEAD(self):
+        """As GET for the page's files, without the body (send leaves it out for HEAD)."""
+        path = self.path.partition("?")[0]
+        if self.refused():
+            return
+        if path in self.pages:
+            self.send(200, *self.pages[path])
+        else:
+            self.fail(404, f"nothing here: {path[:100]}; the page is at /")
+
     def do_GET(self):
         path, _, query = self.path.partition("?")
+        if self.refused():
+            return
         if path in self.pages:
             self.send(200, *self.pages[path])
         elif path == "/api/model":
@@ -284,6 +330,9 @@ class PageHandler(BaseHTTPRequestHandler):
     def do_POST(self):
         routes = {"/api/analyse": self.analyse, "/api/sample": self.sample, "/api/generate": self.generate}
         path = self.path.partition("?")[0]
+        if self.refused(post=True):
+            self.close_connection = True  # its body, unread, must not be taken for the next request
+            return
         if path not in routes:
             self.fail(404, f"no such request: POST {path[:100]}")
             return
@@ -310,17 +359,29 @@ class PageHandler(BaseHTTPRequestHandler):
         count = whole(body, "n", 1, MAX_GENERATE)
         if room < 1:
             raise BadRequest(f"the text fills the model's context ({len(ids)} tokens); shorten it to draw more")
+        if not self.explorer.streams.acquire(blocking=False):
+            raise BadRequest(f"{MAX_STREAMS} texts are being generated already; stop one, or try again when "
+                             f"one ends", 503)
+        try:
+            return self.stream(ids, settings, seed, state, count, room)
+        finally:
+            self.explorer.streams.release()
+
+    def stream(self, ids, settings, seed, state, count, room):
         self.send_response(200)
         self.send_header("Content-Type", "application/x-ndjson")
         self.send_header("Cache-Control", "no-store")
+        for name, value in SECURITY_HEADERS.items():
+            self.send_header(name, value)
         self.end_headers()
         drawn = 0
         try:
             for token in self.explorer.draw(ids, min(count, room), *settings, seed, state):
                 self.wfile.write(json.dumps({"drawn": token}).encode() + b"\n")
                 drawn += 1
-        except (BrokenPipeError, ConnectionResetError):
-            return None  # Stop pressed, or the tab closed: the draw ends here
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True
+            return None  # Stop pressed, the tab closed, or a client that stopped reading: the draw ends here
         except Exception as e:  # a bug of ours, after the 200 went: say so on the stream
             traceback.print_exc()
             self.wfile.write(json.dumps({"error": f"the server failed ({type(e).__name__}: {e}); it is still up"})
@@ -359,14 +420,28 @@ class PageHandler(BaseHTTPRequestHandler):
             # also keeps other web sites out: a browser asks before sending JSON across origins
             raise BadRequest("send the request as JSON (Content-Type: application/json)", 415)
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        if length is None:
             raise BadRequest("the request has no Content-Length", 411)
+        if not re.fullmatch(r"[0-9]{1,12}", length.strip()):  # ASCII digits only: '²' is a digit to str.isdigit
+            self.close_connection = True
+            raise BadRequest(f"Content-Length must be a number of bytes, got {length[:20]!r}")
         if int(length) > MAX_BODY:
+            self.close_connection = True
             raise BadRequest(f"the request is {int(length):,} bytes; the most is {MAX_BODY:,}", 413)
         try:
-            body = json.loads(self.rfile.read(int(length)))
+            data = self.rfile.read(int(length))
+        except TimeoutError:
+            self.close_connection = True
+            raise BadRequest(f"the request's body did not arrive within {SOCKET_TIMEOUT} s", 408) from None
+        if len(data) < int(length):
+            self.close_connection = True
+            raise BadRequest("the request's body is shorter than its Content-Length")
+        try:
+            body = json.loads(data)
         except (ValueError, UnicodeDecodeError) as e:
-            raise BadRequest(f"the request is not JSON ({e})") from None
+            raise BadRequest(f"the request is not JSON ({str(e)[:100]})") from None
+        except RecursionError:
+            raise BadRequest("the request's JSON is nested too deeply") from None
         if not isinstance(body, dict):
             raise BadRequest("the request must be a JSON object")
         return body
@@ -388,6 +463,8 @@ class PageHandler(BaseHTTPRequestHandler):
                 self.send(200, body, "application/json")
 
     def fail(self, status, message):
+        if len(message) > 500:  # an error names what is wrong; it need not repeat a whole request
+            message = message[:500] + "..."
         self.send(status, json.dumps({"error": message}).encode(), "application/json")
 
     def send_error(self, code, message=None, explain=None):
@@ -401,15 +478,36 @@ class PageHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
+            for name, value in SECURITY_HEADERS.items():
+                self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+            if self.command != "HEAD":
+                self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True
 
 
 class PageServer(ThreadingHTTPServer):
     daemon_threads = True  # a page still streaming does not hold the program open at Ctrl-C
     request_queue_size = 64  # connections waiting to be accepted (the standard library's 5 turns a busy page away)
+
+    def serves(self, host_header):
+        """Whether a request's Host header names this server: a loopback name or the host it was
+        started on, at its port. Started on every address (0.0.0.0, ::), any IP address at its
+        port will do: a site that rebinds its own name to this machine sends that name, not an address."""
+        match = re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^:\[\]]+)(?::([0-9]+))?", host_header)
+        if not match or (match.group(2) or "80") != str(self.server_address[1]):
+            return False
+        host = match.group(1).lower()
+        if host in ("127.0.0.1", "localhost", "[::1]", self.host.lower(), f"[{self.host.lower()}]"):
+            return True
+        if self.host in ("0.0.0.0", "::", ""):
+            try:
+                ipaddress.ip_address(host.strip("[]"))
+                return True
+            except ValueError:
+                return False
+        return False
 
 
 def make_server(explorer, host="127.0.0.1", port=8000):
@@ -418,12 +516,23 @@ def make_server(explorer, host="127.0.0.1", port=8000):
     handler = type("Handler", (PageHandler,), {"explorer": explorer, "pages": pages})
     try:
         server = PageServer((host, port), handler)
+        server.host = host
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             raise UserError(f"port {port} on {host} is in use (is a page already served there?); "
                             f"choose another with --port=N") from None
         raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --host or --port") from None
     return server
+
+
+def is_loopback(host):
+    """Whether host is an address of this machine alone (127.x, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def serve(explorer, host="127.0.0.1", port=8000, out=None):
@@ -434,6 +543,9 @@ def serve(explorer, host="127.0.0.1", port=8000, out=None):
         c = explorer.model.config
         print(f"{explorer.source}: {c.n_layer} layers, {c.n_head} heads, {c.n_embd} wide, context "
               f"{c.block_size}, {explorer.vocab_size:,} tokens", file=out)
+        if not is_loopback(host):
+            print(f"warning: --host={host} serves the page beyond this machine: anyone who can reach it on the "
+                  f"network can use the model and read its checkpoint's path", file=out)
         print(f"serving the page at http://{host}:{server.server_address[1]}/  (Ctrl-C to stop)", file=out, flush=True)
         server.serve_forever()
     finally:

@@ -275,20 +275,136 @@ def test_malformed_http_gets_4xx_json_and_the_server_goes_on(url):
     assert request(url, "/api/neighbours?token=99999")[0] == 400
     status, answer = request(url, "/api/model", {"x": 1}, method="PUT")
     assert status == 501 and "error" in answer
-    host, port = url.removeprefix("http://").split(":")
-    json_post = b"POST /api/analyse HTTP/1.1\r\nContent-Type: application/json\r\n"
     for raw, status in [(b"NONSENSE\r\n\r\n", None),  # not even HTTP/1: answered as HTTP/0.9, a body alone
-                        (json_post + b"\r\n", "411"),
-                        (json_post + b"Content-Length: 99999999\r\n\r\n", "413")]:
-        with socket.create_connection((host, int(port)), timeout=10) as s:
-            s.sendall(raw)
-            answer = b""
-            while chunk := s.recv(65536):
-                answer += chunk
-        answer = answer.decode("latin-1")
+                        (json_post(url) + b"\r\n", "411"),
+                        (json_post(url) + b"Content-Length: 99999999\r\n\r\n", "413"),
+                        (json_post(url) + "Content-Length: ²\r\n\r\n".encode(), "400"),  # a digit to str.isdigit
+                        (json_post(url) + b"Content-Length: " + b"9" * 5000 + b"\r\n\r\n", "400"),
+                        (json_post(url) + b"Content-Length: -5\r\n\r\n", "400")]:
+        answer = raw_exchange(url, raw)
         assert status is None or answer.split()[1] == status, answer
         assert '{"error": ' in answer
     assert request(url, "/api/model")[0] == 200
+
+
+def json_post(url, path="/api/analyse", host=None):
+    """The head of a JSON POST, without its Content-Length and the blank line that ends the head."""
+    host = url.removeprefix("http://") if host is None else host
+    return f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n".encode()
+
+
+def raw_exchange(url, raw, timeout=10):
+    """Send raw bytes to the server and read its answer to the end, as text."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(raw)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return answer.decode("latin-1")
+
+
+def status_and_error(answer):
+    return int(answer.split()[1]), json.loads(answer.split("\r\n\r\n", 1)[1])["error"]
+
+
+@pytest.mark.parametrize("host", ["attacker.example:{port}", "127.0.0.1.nip.io:{port}", "127.0.0.1:1", "localhost",
+                                  ""])
+def test_a_request_for_another_host_is_refused(url, host):
+    """DNS rebinding: a web site points its own name at 127.0.0.1, and the browser then sends that
+    name as Host. Only this server's own addresses are answered: 403 otherwise, GET or POST."""
+    port = url.rsplit(":", 1)[1]
+    host = host.format(port=port)
+    for raw in (f"GET /api/model HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode(),
+                json_post(url, host=host) + b"Content-Length: 13\r\nConnection: close\r\n\r\n{\"text\": \"R\"}"):
+        status, error = status_and_error(raw_exchange(url, raw))
+        assert status == 403 and "is not this server's address" in error
+    for own in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", f"LOCALHOST:{port}"):
+        answer = raw_exchange(url, f"GET /api/model HTTP/1.1\r\nHost: {own}\r\nConnection: close\r\n\r\n".encode())
+        assert answer.split()[1] == "200", answer
+
+
+@pytest.mark.parametrize("origin", ["http://attacker.example", "null", "http://127.0.0.1:1"])
+def test_a_post_from_another_sites_page_is_refused(url, origin):
+    body = b'{"text": "R"}'
+    raw = json_post(url) + f"Origin: {origin}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+    status, error = status_and_error(raw_exchange(url, raw + body))
+    assert status == 403 and "another site" in error
+    own = json_post(url) + f"Origin: {url}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+    assert raw_exchange(url, own + body).split()[1] == "200"
+
+
+def test_a_stalled_request_is_dropped_and_the_page_still_answers(url, monkeypatch):
+    """A client that sends half a request and waits is dropped after the socket timeout (30 s; 1
+    here), so stalled clients cannot hold the server's threads."""
+    monkeypatch.setattr(serve.PageHandler, "timeout", 1)
+    host, port = url.removeprefix("http://").split(":")
+    stalled = [socket.create_connection((host, int(port)), timeout=10) for _ in range(20)]
+    for i, s in enumerate(stalled):  # half a head, or a head and half a body
+        s.sendall(b"GET /api/mo" if i % 2 else json_post(url) + b"Content-Length: 100\r\n\r\n{\"te")
+    assert request(url, "/api/model")[0] == 200  # answered meanwhile
+    for i, s in enumerate(stalled):
+        answer = b""
+        while chunk := s.recv(65536):  # the server ends the connection (with a 408 for the body)
+            answer += chunk
+        assert i % 2 or answer.split()[1] == b"408", answer
+        s.close()
+    assert request(url, "/api/model")[0] == 200
+
+
+def test_generate_streams_beyond_the_limit_get_503(url, explorer, monkeypatch):
+    monkeypatch.setattr(explorer, "streams", threading.BoundedSemaphore(serve.MAX_STREAMS))
+    for _ in range(serve.MAX_STREAMS):  # as if that many were streaming
+        explorer.streams.acquire()
+    status, answer = request(url, "/api/generate", {"text": PROMPT, "n": 3})
+    assert status == 503 and "being generated already" in answer["error"]
+    explorer.streams.release()
+    assert generated(url, {"text": PROMPT, "n": 3})[1]["done"] == 3
+
+
+@pytest.mark.parametrize("body, fragment", [
+    (b"[" * 100_000, "nested too deeply"),
+    (b'{"text": "R", "temperature": ' + b"9" * 400 + b"}", "within a float's range"),
+    (b'{"text": "R", "top_p": ' + b"9" * 400 + b"}", "within a float's range"),
+])
+def test_deep_or_huge_json_gets_400(url, body, fragment):
+    status, answer = request(url, "/api/analyse", raw=body)
+    assert status == 400 and fragment in answer["error"], answer
+
+
+def test_an_error_about_a_long_prompt_stays_short(url):
+    status, answer = request(url, "/api/analyse", {"text": "".join(chr(0x4E00 + i) for i in range(20_000))})
+    assert status == 400 and "outside the model's vocabulary" in answer["error"] and "19,980 more" in answer["error"]
+    assert len(answer["error"]) < 300
+
+
+def test_every_answer_forbids_sniffing_and_foreign_scripts_and_head_is_answered(url):
+    with urllib.request.urlopen(url + "/", timeout=10) as r:
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+        assert r.headers["Content-Security-Policy"].startswith("default-src 'self'")
+        page = r.read()
+    with urllib.request.urlopen(urllib.request.Request(url + "/", method="HEAD"), timeout=10) as r:
+        assert r.status == 200 and r.read() == b"" and int(r.headers["Content-Length"]) == len(page)
+    status, answer = request(url, "/api/analyse", {"ids": "abc"})
+    assert status == 400  # errors carry the same headers (send() writes them all)
+
+
+@pytest.mark.parametrize("host, warned", [("127.0.0.1", False), ("localhost", False), ("0.0.0.0", True)])
+def test_a_host_beyond_this_machine_is_warned_of(explorer, monkeypatch, host, warned):
+    monkeypatch.setattr(serve.PageServer, "serve_forever", lambda self: None)
+    out = io.StringIO()
+    serve.serve(explorer, host, 0, out)
+    assert ("warning: --host=0.0.0.0 serves the page beyond this machine" in out.getvalue()) == warned
+
+
+def test_neighbours_normalise_the_table_once(url, explorer, monkeypatch):
+    calls = []
+    table = inside.embedding_table
+    monkeypatch.setattr(serve, "embedding_table", lambda *a: calls.append(1) or table(*a))
+    monkeypatch.setattr(explorer, "unit_table", None)
+    for token in (1, 2, 3):
+        assert request(url, f"/api/neighbours?token={token}")[0] == 200
+    assert len(calls) == 1
 
 
 def test_a_bug_of_ours_gets_500_with_what_failed_and_the_server_goes_on(url, explorer, monkeypatch, capsys):

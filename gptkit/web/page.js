@@ -539,15 +539,18 @@ function renderLens() {
     for (let t = 0; t < T; t++) {
       const [guess] = lens.ids[d][t], [p] = lens.probs[d][t];
       const hit = t + 1 < T && guess === text[t + 1] ? ' class="hit"' : "";
-      const colour = p > 0.6 ? "; color: white" : "";
-      cells.push(`<td${hit} data-depth="${d}" data-position="${t}" style="background: rgba(31, 119, 180, ` +
-                 `${p.toFixed(3)})${colour}">${escape(info(guess).label)}<br><small>` +
-                 `${p.toFixed(2).replace(/^0/, "")}</small></td>`);
+      cells.push(`<td${hit} data-depth="${d}" data-position="${t}" data-p="${p.toFixed(3)}">` +
+                 `${escape(info(guess).label)}<br><small>${p.toFixed(2).replace(/^0/, "")}</small></td>`);
     }
     rows.push(`<tr><th class="depth">${escape(lens.depths[d])}</th>${cells.join("")}</tr>`);
   }
   rows.push(header("input", text.map((id) => info(id).label)));
   $("lens").innerHTML = `<table>${rows.join("")}</table>`;
+  for (const cell of $("lens").querySelectorAll("td[data-p]")) {  // coloured here: the page allows no inline style
+    const p = Number(cell.dataset.p);
+    cell.style.background = `rgba(31, 119, 180, ${p})`;
+    if (p > 0.6) cell.style.color = "white";
+  }
   $("lens").scrollLeft = $("lens").scrollWidth;
 }
 
