@@ -89,7 +89,7 @@ def main(argv):
         limit = limits(model, device, dtype)
         read_dtype = dtype  # the matmuls read their weights in this dtype (autocast's copies on a GPU)
         if device == "cpu" and dtype == "bfloat16" and args.dtype == "auto":
-            read_dtype, why = cpu_auto_dtype(config.n_embd)  # as sample.py chooses
+            read_dtype, why = cpu_auto_dtype(config.n_embd, work="sampling")  # as sample.py chooses
             if read_dtype == "float32":
                 print(f"{name}: float32 ({why})")
         in_window, past_window = limit[read_dtype]

@@ -46,21 +46,24 @@ def cpu_has_bf16():
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
-# On a CPU with native bfloat16, uncompiled, bfloat16 runs a model at least this wide faster than
-# float32, in training and in sampling; below it the casts cost more than the faster matmuls save
-# (docs/performance.md#dtype-auto). A rule on the model, not a stopwatch: the same choice every time.
-CPU_BF16_MIN_WIDTH = 256
+# On a CPU with native bfloat16, uncompiled, bfloat16 trains a model at least this wide faster than
+# float32, and samples one at least SAMPLING wide faster (sampling reads each weight once a token,
+# where the casts weigh more); below, the casts cost more than the faster matmuls save
+# (benchmarks/cpu_dtype.py; docs/performance.md#dtype-auto). A rule on the model, not a stopwatch:
+# the same choice every time.
+CPU_BF16_MIN_WIDTH = {"training": 128, "sampling": 256}
 
 
-def cpu_auto_dtype(n_embd, compiled=False):
-    """What dtype='auto' runs a model of width n_embd in on a CPU with native bfloat16: bfloat16
-    when compiled (its casts are fused into their neighbours) or at least CPU_BF16_MIN_WIDTH wide,
-    else float32. Returns (dtype, why)."""
+def cpu_auto_dtype(n_embd, compiled=False, work="training"):
+    """What dtype='auto' runs a model of width n_embd in on a CPU with native bfloat16, for work
+    ('training' or 'sampling'): bfloat16 when compiled (its casts are fused into their neighbours)
+    or at least CPU_BF16_MIN_WIDTH[work] wide, else float32. Returns (dtype, why)."""
     if compiled:
         return "bfloat16", "compiled, its casts are fused"
-    if n_embd >= CPU_BF16_MIN_WIDTH:
-        return "bfloat16", f"n_embd {n_embd} >= {CPU_BF16_MIN_WIDTH}: its matmuls gain more than the casts cost"
-    return "float32", f"n_embd {n_embd} < {CPU_BF16_MIN_WIDTH}: the casts would cost more than the matmuls gain"
+    least = CPU_BF16_MIN_WIDTH[work]
+    if n_embd >= least:
+        return "bfloat16", f"n_embd {n_embd} >= {least}: its matmuls gain more than the casts cost"
+    return "float32", f"n_embd {n_embd} < {least}: the casts would cost more than the matmuls gain"
 
 
 # Dense (no sparsity) tensor-core peaks in FLOP/s from the makers' data sheets, by the names

@@ -225,6 +225,6 @@ def sampling_context(model, device, dtype, auto):
             use_cpu_kernels(model)
             scope.enter_context(keep_freed_memory())
             if auto and dtype == "bfloat16":
-                dtype, _ = cpu_auto_dtype(model.config.n_embd)
+                dtype, _ = cpu_auto_dtype(model.config.n_embd, work="sampling")
         scope.enter_context(sampling_precision(model, device, dtype))
         yield

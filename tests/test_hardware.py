@@ -25,11 +25,11 @@ def determinism_restored():
     torch.use_deterministic_algorithms(False)
 
 
-@pytest.mark.parametrize("width, compiled, dtype", [(16, False, "float32"), (255, False, "float32"),
-                                                   (256, False, "bfloat16"), (16, True, "bfloat16")])
+@pytest.mark.parametrize("width, compiled, dtype", [(16, False, "float32"), (127, False, "float32"),
+                                                   (128, False, "bfloat16"), (16, True, "bfloat16")])
 def test_auto_on_a_bf16_cpu_follows_a_rule_on_the_model_and_says_it(char_data, tmp_path, monkeypatch, capsys,
                                                                    width, compiled, dtype, determinism_restored):
-    """dtype auto on a CPU with bfloat16: bfloat16 when compiled or at least 256 wide, else float32;
+    """dtype auto on a CPU with bfloat16: bfloat16 when compiled or at least 128 wide, else float32;
     decided by the model, never by a stopwatch (so a busy moment cannot flip it)."""
     monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
     monkeypatch.setattr(hardware.time, "perf_counter", lambda: pytest.fail("timed the choice"))
