@@ -215,3 +215,26 @@ def resolve_compile(compile, device):
     within a few hundred steps; off elsewhere, where it pays for some models only (a CPU config
     that gains from it sets compile=True: docs/performance.md)."""
     return device.split(":")[0] == "cuda" if compile is None else compile
+
+
+class ReadBack:
+    """Scalars on the device, on their way to the host. On a GPU they are copied into pinned
+    memory without waiting and an event marks the copy, so values() waits for the work that made
+    them, not for everything queued since (a plain float(tensor) waits for the whole queue: the
+    next step too). Elsewhere they are read as they are."""
+
+    def __init__(self, device_type, *tensors):
+        values = torch.stack([t.detach().float() for t in tensors])
+        self.done = None
+        if device_type == "cuda":
+            self.host = torch.empty(values.shape, dtype=values.dtype).pin_memory()
+            self.host.copy_(values, non_blocking=True)
+            self.done = torch.cuda.Event()
+            self.done.record()
+        else:
+            self.host = values
+
+    def values(self):
+        if self.done is not None:
+            self.done.synchronize()
+        return self.host.tolist()

@@ -4,13 +4,16 @@ A non-finite evaluation always stops it: averaged over many batches, it means th
 themselves are broken, which skipping steps cannot mend.
 
 Reading a step's loss back to the host makes a GPU wait, so with 'stop' a step is checked
-once the next one is queued (a bad step stops the run without saving, so its check can wait).
+once the next one is queued (a bad step stops the run without saving, so its check can wait),
+from a copy made without waiting (hardware.ReadBack): the host waits for that step alone, and
+the GPU goes on with the next.
 With 'skip', or float16's loss scaling (which reads the gradients back anyway), a step is
 checked before the optimizer takes it, so that a bad one leaves the weights as they were."""
 
 import math
 
 from gptkit.checkpoint import how_to_go_on
+from gptkit.hardware import ReadBack
 from gptkit.runlog import log
 from gptkit.settings import UserError
 
@@ -19,8 +22,8 @@ class NonfiniteGuard:
     """Checks each step's (iteration, loss, gradient norm), now or one step later. The last
     checked loss (this process's) and norm are kept for the log line."""
 
-    def __init__(self, mode, scaler, out_dir):
-        self.mode, self.scaler, self.out_dir = mode, scaler, out_dir
+    def __init__(self, mode, scaler, out_dir, device_type="cpu"):
+        self.mode, self.scaler, self.out_dir, self.device_type = mode, scaler, out_dir, device_type
         self.pending = None  # a step taken but not yet read back from the device
         self.last_loss = self.last_norm = None
 
@@ -39,16 +42,16 @@ class NonfiniteGuard:
         """After a step was taken unchecked: keep it, and check the one before it."""
         if self.checks_first:
             return
-        previous, self.pending = self.pending, (it, loss, norm)
+        previous, self.pending = self.pending, (it, ReadBack(self.device_type, loss, norm))
         if previous is not None:
-            self.check(*previous)
+            self.check(previous[0], *previous[1].values())
 
     def flush(self):
         """Check the step still waiting, if there is one: before a log line, an evaluation, a
         save, and at the end."""
         if self.pending is not None:
-            taken, self.pending = self.pending, None
-            self.check(*taken)
+            (it, read_back), self.pending = self.pending, None
+            self.check(it, *read_back.values())
 
     def check(self, it, loss, norm):
         """Read a step's loss and gradient norm back to the host; returns what was wrong, or None.

@@ -88,7 +88,7 @@ class TrainingRun:
         self.tokens_per_step = config.gradient_accumulation_steps * config.batch_size * config.block_size
         self.micro_steps = config.gradient_accumulation_steps // self.procs.world_size  # on each process
         self.clock = Clock()
-        self.guard = NonfiniteGuard(config.nonfinite_loss, self.scaler, self.out_dir)
+        self.guard = NonfiniteGuard(config.nonfinite_loss, self.scaler, self.out_dir, self.device_type)
         if saved:
             restore_run(self, saved)
         elif (self.out_dir / "ckpt.pt").exists() and not config.eval_only:

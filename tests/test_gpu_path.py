@@ -177,3 +177,37 @@ def test_a_quiet_rank_gets_its_output_stream_back_when_closed(monkeypatch):
     assert sys.stdout is not stdout  # quiet
     procs.close()
     assert sys.stdout is stdout
+
+
+def test_the_step_before_is_read_back_without_waiting_for_the_step_queued_after(monkeypatch, tmp_path):
+    """On a GPU, a step's loss and norm are copied to pinned memory behind an event as the step is
+    queued; checking it one step later waits on that step's event alone (a plain float() would
+    wait for everything queued, the next step too, and the GPU would idle between steps)."""
+    from gptkit.nonfinite import NonfiniteGuard
+
+    events = []
+
+    class FakeEvent:
+        def __init__(self):
+            self.recorded = self.waited = False
+            events.append(self)
+
+        def record(self):
+            self.recorded = True
+
+        def synchronize(self):
+            self.waited = True
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t: t)
+    guard = NonfiniteGuard("stop", torch.amp.GradScaler("cpu", enabled=False), tmp_path, device_type="cuda")
+    guard.deferred(1, torch.tensor(2.5), torch.tensor(0.5))
+    assert len(events) == 1 and events[0].recorded and not events[0].waited
+    guard.deferred(2, torch.tensor(2.25), torch.tensor(0.25))  # step 2 queued: step 1 is checked now
+    assert [e.waited for e in events] == [True, False]
+    assert (guard.last_loss, guard.last_norm) == (2.5, 0.5)
+    guard.flush()
+    assert [e.waited for e in events] == [True, True] and (guard.last_loss, guard.last_norm) == (2.25, 0.25)
+    guard.deferred(3, torch.tensor(float("nan")), torch.tensor(1.0))
+    with pytest.raises(Exception, match="the loss is nan at iteration 3"):
+        guard.flush()
