@@ -16,6 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from gptkit.budget import UNDECIDED, TimeBudget, command_started
 from gptkit.checkpoint import save_run
 from gptkit.distributed import gradient_sync
 from gptkit.hardware import synchronize
@@ -24,20 +25,24 @@ from gptkit.plots import loss_figure, save_png
 from gptkit.runlog import duration, log, progress
 from gptkit.settings import UserError, load_settings, reason, run_cli
 from gptkit.stopping import StopRequest
-from gptkit.train_settings import TrainConfig
+from gptkit.train_settings import TrainConfig, given_settings, with_settings
 from gptkit.training import TrainingRun
 
 
-def train(config):
-    """One run: evaluate when due, stop when done or asked, else take a step and log it."""
+def train(config, started=None):
+    """One run: evaluate when due, stop when done or asked, else take a step and log it.
+    started: time.perf_counter() at the start of the command, which a time_budget counts from."""
+    started = time.perf_counter() if started is None else started
     run = TrainingRun(config)
     try:
         with StopRequest() as stop:
             announce(run)
+            budget = TimeBudget(config.time_budget, started, config.warmup_iters, run.iter_num) \
+                if run.budget_open else None
             first_iter, logged = run.iter_num, Interval()
             bar = progress(total=config.max_iters, initial=run.iter_num, desc="training", unit="iter")
             while True:
-                it = run.iter_num
+                config, it = run.config, run.iter_num  # a time_budget changes max_iters once
                 due = it % config.eval_interval == 0 or it == config.max_iters
                 if config.eval_only or (due and run.last_eval_iter != it):  # a resumed run has evaluated at `it`
                     evaluate(run)
@@ -51,7 +56,7 @@ def train(config):
                     log(f"stopped at iteration {it}; saved {run.out_dir / 'ckpt.pt'}. "
                         f"To continue, run the same command with --init_from=resume")
                     break
-                started = time.perf_counter()
+                step_started = time.perf_counter()
                 lr = get_lr(config, it)
                 train_step(run, lr)
                 run.iter_num += 1
@@ -60,10 +65,13 @@ def train(config):
                     # A GPU computes after the host has queued: the time of the steps since the last
                     # wait ends when the device is done with them. Between these points it runs ahead.
                     synchronize(run.device)
-                seconds = time.perf_counter() - started
+                seconds = time.perf_counter() - step_started
                 logged.add(seconds)
                 run.clock.stepped(seconds)
                 bar.update()
+                if budget and budget.stepped(run.iter_num, seconds):  # the steps are measured: fix max_iters
+                    choose_max_iters(run, budget, bar)
+                    budget = None
                 if logs:
                     log_step(run, lr, logged)
             bar.close()
@@ -75,6 +83,25 @@ def train(config):
     finally:
         run.close()
     return run
+
+
+def choose_max_iters(run, budget, bar):
+    """max_iters (and lr_decay_iters, unless set) fixed by the time budget, and said."""
+    clock = run.clock
+    eval_seconds = (clock.eval_seconds / clock.evals) if clock.evals else 0.0
+    try:
+        choice = budget.choose(run.iter_num, run.config.eval_interval, eval_seconds)
+    except UserError as e:
+        choice = e
+    choice = run.procs.gather(choice)[0]  # under torchrun, every process takes rank 0's choice
+    if isinstance(choice, UserError):
+        raise choice
+    max_iters, line = choice
+    decay = {} if "lr_decay_iters" in given_settings(run.config) else {"lr_decay_iters": max_iters}
+    run.config = with_settings(run.config, max_iters=max_iters, **decay)
+    bar.total = max_iters
+    bar.refresh()
+    log(line)
 
 
 def train_step(run, lr):
@@ -202,10 +229,11 @@ def log_step(run, lr, interval):
     loss = run.procs.sum(run.guard.last_loss) / run.procs.world_size  # the mean over processes
     speed = run.tokens_per_step * interval.steps / interval.seconds
     mfu = run.mfu(speed)
-    log(f"iter {run.iter_num}/{config.max_iters}: loss {loss:.4f}, lr {lr:.2e}, "
+    open_ended = config.max_iters == UNDECIDED  # a time_budget has yet to choose it
+    log(f"iter {run.iter_num}/{'?' if open_ended else config.max_iters}: loss {loss:.4f}, lr {lr:.2e}, "
         f"{1000 * interval.seconds / interval.steps:.1f} ms/iter, {speed:,.0f} tok/s, "
         + (f"mfu {100 * mfu:.1f}%, " if mfu is not None else "")
-        + f"{duration(clock.elapsed())} elapsed, {duration(clock.left(run.iter_num, config))} left")
+        + f"{duration(clock.elapsed())} elapsed, {'?' if open_ended else duration(clock.left(run.iter_num, config))} left")
     run.metrics.record({"iter": run.iter_num, "tokens": run.iter_num * run.tokens_per_step,
                         "loss": loss, "lr": lr, "grad_norm": run.guard.last_norm,
                         "tokens_per_sec": round(speed, 1), "mfu": None if mfu is None else round(mfu, 5),
@@ -245,9 +273,11 @@ def summary(run, steps):
         print(f"peak GPU memory {torch.cuda.max_memory_allocated(run.device) / 2**30:.2f} GiB (allocated by tensors)")
 
 
-def main(argv=None):
-    return run_cli(lambda args: train(load_settings(TrainConfig, args)), argv)
+def main(argv=None, started=None):
+    """started: time.perf_counter() at the start of the command (default: now)."""
+    started = time.perf_counter() if started is None else started
+    return run_cli(lambda args: train(load_settings(TrainConfig, args), started), argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(started=command_started()))

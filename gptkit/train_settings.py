@@ -52,6 +52,7 @@ class TrainConfig:
     optimizer: str = "adamw"  # 'adamw', or 'muon': Muon for the matrices inside the blocks, AdamW for the rest
     learning_rate: float = 6e-4  # peak learning rate (Muon's steps are scaled to AdamW's size: one rate serves)
     max_iters: int = 600000  # optimizer steps in the whole run
+    time_budget: float = 0.0  # > 0: seconds the whole command may take; max_iters is then chosen to fit (unless set)
     weight_decay: float = 1e-1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -77,6 +78,8 @@ class TrainConfig:
         if self.hellaswag_interval < 0 or self.hellaswag_interval % self.eval_interval:
             raise ValueError(f"hellaswag_interval must be a multiple of eval_interval ({self.eval_interval}), as "
                              f"HellaSwag is scored at an evaluation, or 0 (off); got {self.hellaswag_interval}")
+        if not self.time_budget >= 0:
+            raise ValueError(f"time_budget must be >= 0 seconds (0: off), got {self.time_budget}")
         if self.max_iters < 0:
             raise ValueError(f"max_iters must be >= 0, got {self.max_iters}")
         if self.optimizer not in ("adamw", "muon"):

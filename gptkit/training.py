@@ -14,6 +14,7 @@ import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from gptkit.budget import budgeted
 from gptkit.checkpoint import load_checkpoint, restore_run
 from gptkit.cpu import keep_freed_memory, use_cpu_kernels
 from gptkit.data import BatchSampler, codec_from_meta, dataset_meta, model_vocab_size, token_bytes, tokenizer_name
@@ -56,6 +57,7 @@ class TrainingRun:
         self.compile_chosen = config.compile is None  # said in the run's opening lines
         config = with_settings(config, compile=resolve_compile(config.compile, self.device))
         config, saved, pretrained = self.starting_point(config)
+        config, self.budget_open = budgeted(config, saved)
         self.config = config
         self.choose_precision(saved)
         seed_everything(config.seed)

@@ -1,0 +1,90 @@
+"""time_budget: a run sized to the seconds it is given. The run starts with its number of steps
+open, measures its steps once they are warm (compiled, past the first ones), and before the
+learning-rate schedule first depends on it (the end of warm-up) fixes max_iters to what fits the
+budget, counting the evaluations still to come. Under a budget lr_decay_iters follows max_iters
+unless it is set. The choice is printed with the --max_iters=N that repeats the run exactly, and
+a checkpoint records it, so a resumed run keeps the same schedule. A max_iters that is set means
+what it says, and the budget is not used."""
+
+import math
+import os
+import statistics
+import time
+
+from gptkit.settings import UserError
+from gptkit.train_settings import given_settings, with_settings
+
+UNDECIDED = 10**9  # max_iters and lr_decay_iters until the budget fixes them
+MAX_MEASURED = 100  # steps measured at most, before the choice
+LEAST_WARMUP = 10  # steps of warm-up the measurement needs: the first ones compile and warm caches
+
+
+class TimeBudget:
+    """Chooses max_iters for `seconds` of wall time from `started` (time.perf_counter() at the start
+    of the command): compiling, evaluations and saves included."""
+
+    def __init__(self, seconds, started, warmup_iters, first_iter):
+        self.seconds, self.started = seconds, started
+        self.decide_at = first_iter + min(warmup_iters - first_iter, MAX_MEASURED)
+        self.measure_from = first_iter + max(2, (self.decide_at - first_iter) // 3)  # after compiling
+        self.step_seconds = []
+
+    def stepped(self, iter_num, seconds):
+        """Record the step that has just brought the run to iter_num; True when the choice is due."""
+        if iter_num > self.measure_from:
+            self.step_seconds.append(seconds)
+        return iter_num >= self.decide_at
+
+    def choose(self, iter_num, eval_interval, eval_seconds):
+        """(max_iters, the line that says so): the most steps whose time, with the evaluations to
+        come (each eval_seconds), fits what is left of the budget, 2% kept for the end; rounded
+        down to 2 significant digits, so that a little noise in the measurement does not change it."""
+        step = statistics.median(self.step_seconds)
+        elapsed = time.perf_counter() - self.started
+        left = 0.98 * self.seconds - elapsed
+        total = iter_num
+        for _ in range(5):  # the evaluations to come depend on the steps, which depend on them
+            evaluations = total // eval_interval - iter_num // eval_interval + (total % eval_interval != 0)
+            total = iter_num + max(0, math.floor((left - evaluations * eval_seconds) / step))
+        digits = 10 ** max(len(str(total)) - 2, 0)
+        total = total // digits * digits
+        if total <= iter_num:
+            raise UserError(f"time_budget={self.seconds:g} s leaves no time to train after the {iter_num} warm-up steps "
+                            f"({elapsed:.0f} s so far, {1000 * step:.1f} ms a step, {eval_seconds:.1f} s an "
+                            f"evaluation); give it more seconds, or set max_iters instead")
+        return total, (f"time_budget {self.seconds:g} s: {total:,} iterations ({1000 * step:.1f} ms a step over "
+                       f"steps {self.measure_from + 1}-{iter_num}, {eval_seconds:.1f} s an evaluation, {elapsed:.0f} s "
+                       f"gone); --max_iters={total} repeats this run exactly")
+
+
+def budgeted(config, saved):
+    """(settings, whether the budget is still to choose max_iters): max_iters open (UNDECIDED) for a
+    run under a time_budget that does not set it, or the choice its checkpoint recorded. Under a
+    budget, lr_decay_iters follows max_iters unless it is set."""
+    given = given_settings(config)
+    follows = {} if "lr_decay_iters" in given else {"lr_decay_iters": config.max_iters}
+    if not config.time_budget or config.eval_only:
+        return config, False
+    if "max_iters" in given:  # it means what it says
+        return with_settings(config, **follows), False
+    recorded = (saved or {}).get("train_config", {})
+    if recorded.get("time_budget") and recorded.get("max_iters", UNDECIDED) != UNDECIDED:
+        print(f"time_budget: {recorded['max_iters']:,} iterations, as chosen when the run started")
+        return with_settings(config, max_iters=recorded["max_iters"], lr_decay_iters=recorded["lr_decay_iters"]), False
+    if config.warmup_iters < LEAST_WARMUP:
+        raise UserError(f"time_budget measures the steps during warm-up, before the learning rate depends on "
+                        f"max_iters, and needs warmup_iters of at least {LEAST_WARMUP} (it is {config.warmup_iters}); "
+                        f"raise it, or set max_iters instead")
+    return with_settings(config, max_iters=UNDECIDED, **{k: UNDECIDED for k in follows}), True
+
+
+def command_started():
+    """time.perf_counter()'s reading when this process started (Linux, from /proc), else now."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, after the name
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return time.perf_counter() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.perf_counter()
