@@ -13,7 +13,9 @@ CONFIG configs/gpt2_parts.py FLAGS --seed=S --out_dir=...` (so every row starts 
 whatever the config sets) in its own process, --parallel of them at a time (1 on a CPU: its cores
 are shared; several small models fit on one GPU together, which slows each). Runs already in
 --out_dir are not run again, so an interrupted table goes on where it stopped. Any
-train.py setting can follow the config as --key=value and applies to every run.
+train.py setting can follow the config as --key=value and applies to every run. Under a config's
+time_budget each run chooses its own steps for the machine as it is at that moment, and the table
+names them; --max_iters=N compares every row at the same steps.
 """
 
 import json
@@ -65,6 +67,11 @@ def best_val_loss(out_dir):
     return min(losses) if losses else None
 
 
+def iterations(out_dir):
+    """The steps a run took (its last row's iteration): a time_budget chooses them."""
+    return max((r["iter"] for r in read_metrics(Path(out_dir) / "metrics.jsonl")), default=0)
+
+
 class Table:
     """The runs of the table, kept in out_dir/results.json as each one ends."""
 
@@ -98,10 +105,11 @@ class Table:
         if loss is None:
             raise UserError(f"{' '.join(command)} ended without a val loss: make max_iters reach an eval_interval")
         with self.lock:
-            self.results[key] = {"best_val_loss": loss, "wall_seconds": wall, "command": " ".join(command)}
+            self.results[key] = {"best_val_loss": loss, "iterations": iterations(run_dir), "wall_seconds": wall,
+                                 "command": " ".join(command)}
             with atomic_write(self.file, "w") as f:
                 json.dump(self.results, f, indent=1)
-        print(f"{key}: best val loss {loss:.4f}, {wall:.0f} s", flush=True)
+        print(f"{key}: best val loss {loss:.4f}, {iterations(run_dir):,} iterations, {wall:.0f} s", flush=True)
         return self.results[key]
 
 
@@ -112,14 +120,15 @@ def markdown(table, rows, rates, chosen, seeds):
     means = {row: statistics.mean(values) for row, values in losses.items()}
     tried = f" (of {', '.join(f'{lr:g}' for lr in rates)})" if len(rates) > 1 else ""
     lines = [f"| row | flags | learning rate{tried} | seeds {', '.join(map(str, seeds))} | mean | spread "
-             f"| against gpt2 | mean wall time |", "|---|---|---|---|---|---|---|---|"]
+             f"| against gpt2 | iterations | mean wall time |", "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         against = f"{means[row] - means['gpt2']:+.4f}" if "gpt2" in means and row != "gpt2" else ""
         wall = statistics.mean(r["wall_seconds"] for r in got[row])
         flags = f"`{' '.join(row_flags(row))}`" if row_flags(row) else "(GPT-2's parts)"
+        steps = ", ".join(f"{r.get('iterations', 0):,}" for r in got[row])
         lines.append(f"| {row} | {flags} | {chosen[row]:g} | "
                      f"{', '.join(f'{v:.4f}' for v in losses[row])} | {means[row]:.4f} | "
-                     f"{max(losses[row]) - min(losses[row]):.4f} | {against} | {wall:.0f} s |")
+                     f"{max(losses[row]) - min(losses[row]):.4f} | {against} | {steps} | {wall:.0f} s |")
     return "\n".join(lines)
 
 

@@ -230,6 +230,7 @@ def test_the_options_table_tunes_each_rows_learning_rate_then_runs_every_seed(ti
         cells = [c.strip() for c in line.split("|")[1:-1]]
         assert cells[2] == chosen and cells[3] == f"{losses[0]:.4f}, {losses[1]:.4f}"
         assert cells[4] == f"{(losses[0] + losses[1]) / 2:.4f}" and cells[5] == f"{abs(losses[0] - losses[1]):.4f}"
+        assert cells[7] == "20, 20"  # each run's iterations (a time_budget would choose them)
     again = options_table(*args)  # every run is in the folder: nothing runs, the same table
     assert again.returncode == 0 and again.stdout == result.stdout[result.stdout.index("| row |"):]
 
