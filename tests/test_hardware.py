@@ -52,8 +52,10 @@ def test_compiling_on_a_cpu_asks_for_deterministic_kernels(tiny_train_args, dete
     TrainingRun(load_settings(TrainConfig, tiny_train_args + ["--compile=False"]))
     assert not torch.are_deterministic_algorithms_enabled()
     args = [a.replace("/out", "/out2") if a.startswith("--out_dir") else a for a in tiny_train_args]
-    TrainingRun(load_settings(TrainConfig, args + ["--compile=True"]))
+    run = TrainingRun(load_settings(TrainConfig, args + ["--compile=True"]))
     assert torch.are_deterministic_algorithms_enabled()
+    run.close()
+    assert not torch.are_deterministic_algorithms_enabled()  # for the run alone
 
 
 @pytest.mark.slow
