@@ -84,8 +84,8 @@ def test_a_budget_needs_a_warm_up_to_measure_in(char_data, tmp_path, capsys):
 
 def test_the_choice_fits_the_steps_and_evaluations_in_what_is_left(monkeypatch):
     """100 s of budget, 10 s gone at step 100, 0.05 s a step, an evaluation of 2 s every 200 steps:
-    n steps more cost 0.05 n + 2 (n + 100) / 200 s (about), within 98 s - 10 s; rounded down to 2
-    significant digits, and a step time 1% off gives the same choice."""
+    n steps more and their evaluations fit 95 s - 10 s; rounded down to 2 significant digits, and a
+    step time 1% off gives the same choice."""
     clock = {"now": 10.0}
     monkeypatch.setattr(budget.time, "perf_counter", lambda: clock["now"])
     chosen = []
@@ -95,10 +95,10 @@ def test_the_choice_fits_the_steps_and_evaluations_in_what_is_left(monkeypatch):
             b.stepped(it, step)
         chosen.append(b.choose(100, 200, 2.0))
     total, line = chosen[0]
-    # 88 s left: 0.05 n + 2 * evaluations(n) <= 88 -> n = 1,600 (8 evaluations: 16 s + 80 s = 96 > 88),
-    # so 1,440 more (7 evaluations, 14 s + 72 s = 86 s): 1,540 in all, 1,500 rounded down
-    assert total == 1500 and "--max_iters=1500" in line
-    assert [t for t, _ in chosen] == [1500] * 3
+    # 85 s left: 1,380 steps more (69 s) and the 8 evaluations at 200, 400, ..., 1,400 and the end
+    # (16 s): 1,480 in all, 1,400 rounded down
+    assert total == 1400 and "--max_iters=1400" in line
+    assert [t for t, _ in chosen] == [1400] * 3
     with pytest.raises(UserError, match="leaves no time to train"):
         clock["now"] = 99.0
         b.choose(100, 200, 2.0)
