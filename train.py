@@ -16,7 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from gptkit.budget import UNDECIDED, TimeBudget, command_started
+from gptkit.budget import UNDECIDED, TimeBudget, command_started, decay_iters
 from gptkit.checkpoint import save_run
 from gptkit.distributed import gradient_sync
 from gptkit.hardware import synchronize
@@ -97,7 +97,7 @@ def choose_max_iters(run, budget, bar):
     if isinstance(choice, UserError):
         raise choice
     max_iters, line = choice
-    decay = {} if "lr_decay_iters" in given_settings(run.config) else {"lr_decay_iters": max_iters}
+    decay = {} if "lr_decay_iters" in given_settings(run.config) else {"lr_decay_iters": decay_iters(max_iters, run.config)}
     run.config = with_settings(run.config, max_iters=max_iters, **decay)
     bar.total = max_iters
     bar.refresh()

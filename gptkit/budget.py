@@ -63,7 +63,7 @@ def budgeted(config, saved):
     run under a time_budget that does not set it, or the choice its checkpoint recorded. Under a
     budget, lr_decay_iters follows max_iters unless it is set."""
     given = given_settings(config)
-    follows = {} if "lr_decay_iters" in given else {"lr_decay_iters": config.max_iters}
+    follows = {} if "lr_decay_iters" in given else {"lr_decay_iters": decay_iters(config.max_iters, config)}
     if not config.time_budget or config.eval_only:
         return config, False
     if "max_iters" in given:  # it means what it says
@@ -89,3 +89,9 @@ def command_started():
         return time.perf_counter() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError, AttributeError):
         return time.perf_counter()
+
+
+def decay_iters(max_iters, config):
+    """lr_decay_iters that follows max_iters: the decay ends with the run (a run shorter than its
+    warm-up never decays)."""
+    return max(max_iters, config.warmup_iters + 1)

@@ -64,6 +64,8 @@ def test_max_iters_given_means_what_it_says(char_data, tmp_path, monkeypatch, ca
     saved = load_checkpoint(tmp_path / "out" / "ckpt.pt")
     assert saved["iter_num"] == 30 and saved["train_config"]["lr_decay_iters"] == 30  # decay follows max_iters
     assert "time_budget" not in capsys.readouterr().out
+    assert train.main(budget_args(char_data, tmp_path / "short", max_iters=5)) == 0  # shorter than its warm-up
+    assert load_checkpoint(tmp_path / "short" / "ckpt.pt")["iter_num"] == 5
 
 
 def test_a_budget_smaller_than_the_warm_up_is_one_line_and_exit_status_2(char_data, tmp_path, capsys):
