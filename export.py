@@ -2,9 +2,9 @@
 
     python export.py --out_dir=out-shakespeare --to=hf/shakespeare
 
-The folder holds config.json and model.safetensors, and the tokenizer of a BPE model (GPT-2's:
-vocab.json, merges.txt; the data's own: tokenizer.json), so that transformers loads it and
-gives the same logits:
+The folder holds config.json and model.safetensors, and the model's tokenizer (GPT-2's BPE:
+vocab.json, merges.txt; a BPE of the data's own, or characters: tokenizer.json), so that
+transformers loads it and gives the same logits:
 
     from transformers import GPT2LMHeadModel, AutoTokenizer
     model = GPT2LMHeadModel.from_pretrained("hf/shakespeare")

@@ -1,6 +1,7 @@
 """Hugging Face's GPT-2 folders: OpenAI's weights in (load_gpt2), our models out (export_gpt2).
 
-A folder holds config.json and model.safetensors, and for GPT-2's BPE vocab.json and merges.txt.
+A folder holds config.json and model.safetensors, and its tokenizer: for GPT-2's BPE vocab.json
+and merges.txt; for a BPE of the data's own or a character model, tokenizer.json.
 Our model has GPT-2's layout and parameter names; two things differ. GPT-2 keeps each linear
 layer's weight as (in, out), the layout of its Conv1D module, where nn.Linear keeps (out, in);
 and a state saved from the Hub's base model has no 'transformer.' prefix.
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from gptkit.data import END_OF_TEXT, GPT2_META, TOKENIZER_FILE, BPECodec
+from gptkit.data import END_OF_TEXT, GPT2_META, TOKENIZER_FILE, BPECodec, CharCodec
 from gptkit.files import atomic_write
 from gptkit.settings import UserError, reason
 from model import GPT, GPTConfig
@@ -23,6 +24,7 @@ PRETRAINED = {  # init_from names -> Hub repositories (124M, 350M, 774M, 1558M p
     "gpt2-large": "openai-community/gpt2-large",
     "gpt2-xl": "openai-community/gpt2-xl",
 }
+CHAR_UNKNOWN = "<not a character of the model>"  # a character tokenizer's unknown token: never in its vocabulary
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 ACTIVATION_FROM_HF = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact", "relu": "relu"}
 ACTIVATION_TO_HF = {"gelu": "gelu_new", "gelu_exact": "gelu", "relu": "relu"}
@@ -118,12 +120,15 @@ def load_gpt2(name_or_path, dropout=0.0):
 
 
 def gpt2_meta(model, init_from):
-    """The data a model of GPT-2's weights reads: GPT-2's BPE. A folder of a smaller vocabulary
-    (what export.py writes from a character model) does not record its characters."""
+    """The data a model of GPT-2's weights reads: the folder's own tokenizer (a character model's
+    or a BPE of its own, as export.py writes them), else GPT-2's BPE."""
+    meta = folder_meta(init_from) if init_from not in PRETRAINED else None
+    if meta is not None:
+        return meta
     if model.config.vocab_size < GPT2_META["vocab_size"]:
         raise UserError(f"init_from={init_from} has a vocabulary of {model.config.vocab_size} tokens, not GPT-2's "
-                        f"BPE, and a Hugging Face folder does not record its characters; use the checkpoint it "
-                        f"was exported from (its out_dir)")
+                        f"BPE, and no tokenizer.json that names its tokens; use the checkpoint it was exported "
+                        f"from (its out_dir), or export it again with export.py")
     return GPT2_META
 
 
@@ -140,7 +145,7 @@ def not_gpt2(config):
 
 def export_gpt2(model, codec, folder):
     """Write model (a GPT) as a Hugging Face GPT-2 folder that transformers loads to the same logits.
-    GPT-2's format has room for all our options: sinusoidal positions are written as the position
+    GPT-2's format has room for GPT-2's parts and some more: sinusoidal positions are written as the position
     table they are, a model without biases gets zero biases, and relu and exact GELU are named in
     config.json. The vocabulary is cut to the data's (padding rows are never a token). The newer
     options GPT-2's format has no room for are refused (not_gpt2)."""
@@ -171,7 +176,7 @@ def export_gpt2(model, codec, folder):
     tensors["ln_f.bias"] = ours.get("transformer.ln_f.bias", torch.zeros(C))
     tensors = {f"transformer.{k}": v.detach().float().cpu().contiguous() for k, v in tensors.items()}
     gpt2_bpe = getattr(codec, "encoding", None) is not None and codec.encoding.name == "gpt2"
-    own_bpe = isinstance(codec, BPECodec)
+    own_bpe, characters = isinstance(codec, BPECodec), isinstance(codec, CharCodec)
     eot = codec.eot_token if gpt2_bpe or own_bpe else None
     hf_config = {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": vocab_size,
@@ -189,6 +194,8 @@ def export_gpt2(model, codec, folder):
         write_gpt2_tokenizer(folder, config.block_size)
     if own_bpe:
         write_own_tokenizer(folder, codec, config.block_size)
+    if characters:
+        write_char_tokenizer(folder, codec, config.block_size)
     with atomic_write(folder / "config.json", "w") as f:  # last: a folder without it is unfinished
         json.dump(hf_config, f, indent=2)
 
@@ -201,6 +208,44 @@ def write_own_tokenizer(folder, codec, max_length):
     with atomic_write(Path(folder) / "tokenizer_config.json", "w") as f:
         json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_length,
                    "bos_token": END_OF_TEXT, "eos_token": END_OF_TEXT, "unk_token": END_OF_TEXT}, f, indent=2)
+
+
+def char_tokenizer(chars):
+    """A Hugging Face tokenizer of one token per character (ids in the order of chars), decoded
+    without spaces: what a character model reads, for transformers' AutoTokenizer. A character
+    outside chars is an error, as in CharCodec."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    tokenizer = Tokenizer(models.WordLevel({ch: i for i, ch in enumerate(chars)}, unk_token=CHAR_UNKNOWN))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every character
+    tokenizer.decoder = decoders.Fuse()  # the characters joined as they are
+    return tokenizer
+
+
+def write_char_tokenizer(folder, codec, max_length):
+    """A character model's characters as tokenizer.json and tokenizer_config.json: transformers'
+    AutoTokenizer encodes and decodes as CharCodec does, and --init_from=FOLDER reads them back."""
+    with atomic_write(Path(folder) / TOKENIZER_FILE, "w") as f:
+        f.write(char_tokenizer(codec.chars).to_str())
+    with atomic_write(Path(folder) / "tokenizer_config.json", "w") as f:
+        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_length,
+                   "clean_up_tokenization_spaces": False}, f, indent=2)
+
+
+def folder_meta(folder):
+    """The data a Hugging Face folder's model reads, from its tokenizer.json when it has one (a
+    character model's or a BPE of its own, as export.py writes them), else None."""
+    path = Path(folder) / TOKENIZER_FILE
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8")
+    model = json.loads(text).get("model", {})
+    if model.get("type") == "WordLevel" and model.get("unk_token") == CHAR_UNKNOWN:
+        chars = "".join(sorted(model["vocab"], key=model["vocab"].get))
+        return {"codec": "char", "vocab_size": len(chars), "chars": chars}
+    if model.get("type") == "BPE":
+        return {"codec": "bpe", "vocab_size": BPECodec(text).vocab_size, "tokenizer": text}
+    return None
 
 
 def write_gpt2_tokenizer(folder, max_length):

@@ -320,3 +320,26 @@ def test_from_pretrained_reads_sharded_and_older_folders(tmp_path):
     idx = tokens(300)
     for folder in ("sharded", "older"):
         torch.testing.assert_close(ours_logits(load_gpt2(str(tmp_path / folder)), idx), hf_logits(theirs, idx))
+
+
+def test_a_character_model_exports_with_its_tokenizer_and_generates_as_sample_py(tmp_path, capsys):
+    """The main job's kind of model, exported: transformers' AutoTokenizer and GPT2LMHeadModel's
+    greedy generate give exactly sample.py --temperature=0's text, and sample.py reads the folder."""
+    import sample
+    from conftest import train_tiny_char_model
+
+    out_dir = train_tiny_char_model(tmp_path, "ROMEO:\nBut soft, what light through yonder window breaks?\n\n" * 40, 32)
+    assert export.main([f"--out_dir={out_dir}", f"--to={tmp_path / 'hf'}"]) == 0
+    assert {"tokenizer.json", "tokenizer_config.json"} <= {p.name for p in (tmp_path / "hf").iterdir()}
+    greedy = ["--start=ROMEO:", "--max_new_tokens=20", "--temperature=0", "--device=cpu", "--dtype=float32"]
+    capsys.readouterr()
+    assert sample.main([f"--out_dir={out_dir}", *greedy]) == 0
+    ours = capsys.readouterr().out.split("\n---------------")[0]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ids = tokenizer("ROMEO:", return_tensors="pt").input_ids
+    assert ids.shape == (1, 6)
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    generated = theirs.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=0)
+    assert tokenizer.decode(generated[0]) == ours
+    assert sample.main([f"--init_from={tmp_path / 'hf'}", *greedy]) == 0
+    assert capsys.readouterr().out.split("\n---------------")[0] == ours
