@@ -29,7 +29,7 @@ from gptkit.hardware import flops_per_token, resolve_device
 from gptkit.hf import pretrained_folder, read_config
 from gptkit.inside import (analogy, attention_weights, embedding_table, label, logit_lens, map_tokens, nearest,
                            next_token_probs, pca_2d, trace)
-from gptkit.plots import save_png
+from gptkit.plots import figure, picture_fonts, save_png
 from gptkit.sampling import check_init_from, check_sampling, load_chosen, prompt_file, read_prompt, unescape
 from gptkit.serve import Explorer, serve
 from gptkit.settings import UserError, load_settings, run_cli, settings_from, split_arguments
@@ -122,12 +122,6 @@ def human(number, unit=""):
     while abs(number) >= base and i < len(steps) - 1:
         number, i = number / base, i + 1
     return f"{number:.4g}{' ' if unit else ''}{steps[i]}"
-
-
-def figure(width, height):
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
 # ----------------------------------------------------------------------------- summary
@@ -503,14 +497,15 @@ def explain(argv):
     if files and view != "summary":
         raise UserError(f"{view} reads a checkpoint (--out_dir=... or --checkpoint=...), not a file: {files[0]}")
     config = settings_from(ExplainConfig, [], overrides)
-    picture = VIEWS[view](config, files)
-    if picture is None:  # serve
-        return
-    path = config.out or f"explain_{view}.png"
-    try:
-        save_png(picture, path)
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror}; choose another --out") from None
+    with picture_fonts(out=sys.stdout):  # the text's own characters, Chinese, Japanese or Korean included
+        picture = VIEWS[view](config, files)
+        if picture is None:  # serve
+            return
+        path = config.out or f"explain_{view}.png"
+        try:
+            save_png(picture, path)
+        except OSError as e:
+            raise UserError(f"cannot write {path}: {e.strerror}; choose another --out") from None
     print(f"\nwrote {path}")
 
 

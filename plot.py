@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from gptkit.checkpoint import load_checkpoint
-from gptkit.plots import compare_figure, save_png, terminal_chart
+from gptkit.plots import compare_figure, picture_fonts, save_png, terminal_chart
 from gptkit.runlog import read_metrics
 from gptkit.settings import ArgumentParser, UserError, run_cli
 
@@ -50,7 +50,8 @@ def main(argv=None):
             print(terminal_chart(runs))
             return
         try:
-            save_png(compare_figure(runs, args.y), args.out)
+            with picture_fonts():  # run labels in any language
+                save_png(compare_figure(runs, args.y), args.out)
         except OSError as e:
             raise UserError(f"cannot write {args.out}: {e.strerror}; choose another --out") from None
         print(f"wrote {args.out}: {len(runs)} runs")

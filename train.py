@@ -21,7 +21,7 @@ from gptkit.checkpoint import save_run
 from gptkit.distributed import gradient_sync
 from gptkit.hardware import synchronize
 from gptkit.optim import get_lr, gradient_norm
-from gptkit.plots import loss_figure, save_png
+from gptkit.plots import loss_figure, picture_fonts, save_png
 from gptkit.runlog import duration, log, progress
 from gptkit.settings import UserError, load_settings, reason, run_cli
 from gptkit.stopping import StopRequest
@@ -204,7 +204,8 @@ def evaluate(run):
 def draw_loss_plot(run):
     """out_dir/loss.png from metrics.jsonl's rows; a failure to draw never stops training."""
     try:
-        save_png(loss_figure(run.metrics.rows, title=str(run.out_dir)), run.out_dir / "loss.png")
+        with picture_fonts():  # an out_dir named in any language
+            save_png(loss_figure(run.metrics.rows, title=str(run.out_dir)), run.out_dir / "loss.png")
     except OSError as e:
         log(f"could not write {run.out_dir / 'loss.png'}: {e.strerror}")
 

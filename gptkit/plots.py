@@ -1,9 +1,54 @@
 """Loss curves as pictures: one run's (train.py writes out_dir/loss.png at each evaluation) and
 several runs' side by side (plot.py), or as text for a machine with no display."""
 
+import functools
 import math
+import sys
+import warnings
+from contextlib import contextmanager
 
 from gptkit.files import atomic_write
+
+CJK_FONTS_PACKAGE = "fonts-noto-cjk"  # Debian's and Ubuntu's: Chinese, Japanese and Korean
+
+
+@functools.lru_cache
+def fallback_fonts():
+    """The font families a picture falls back to for characters its DejaVu Sans lacks: a sans-serif
+    CJK font the system has (Noto's cover Chinese, Japanese and Korean), found once; [] if none."""
+    from matplotlib import font_manager
+
+    names = {f.name for f in font_manager.fontManager.ttflist if "CJK" in f.name}
+    sans = sorted(n for n in names if "Sans" in n and "Mono" not in n)
+    return (sans or sorted(names))[:1]
+
+
+@contextmanager
+def picture_fonts(out=None):
+    """Within it, pictures drawn draw the characters of any language the system has a font for
+    (matplotlib falls back from DejaVu Sans to a CJK font). A character no font has is drawn as
+    a box, and afterwards one line says which package brings the fonts, instead of a warning per
+    glyph. Nothing outside the block changes (matplotlib's settings and the warning filters)."""
+    import matplotlib
+
+    with matplotlib.rc_context({"font.family": ["DejaVu Sans", *fallback_fonts()]}), \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    missing = [w for w in caught if "missing from font" in str(w.message)]
+    for w in caught:
+        if w not in missing:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    if missing:
+        print(f"{len(missing)} character(s) drawn as boxes: no font here has them; install CJK fonts "
+              f"(apt-get install {CJK_FONTS_PACKAGE}) for Chinese, Japanese and Korean", file=out or sys.stderr)
+
+
+def figure(width, height):
+    """A matplotlib Figure of width x height inches, laid out to fit its labels."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
 def split_rows(rows):
@@ -14,12 +59,11 @@ def split_rows(rows):
 def loss_figure(rows, title=None):
     """One run: the training loss of each logged step (faint), the evaluated train and val losses,
     the best val loss marked; the learning rate on a second y axis, tokens seen on a second x axis."""
-    from matplotlib.figure import Figure
     from matplotlib.ticker import EngFormatter
 
     steps, evals = split_rows(rows)
-    figure = Figure(figsize=(8, 4.5), dpi=100, layout="constrained")
-    ax = figure.add_subplot()
+    fig = figure(8, 4.5)
+    ax = fig.add_subplot()
     if steps:
         ax.plot([r["iter"] for r in steps], [r["loss"] for r in steps], color="tab:blue", alpha=0.35,
                 linewidth=1, label="train loss (step)")
@@ -46,20 +90,18 @@ def loss_figure(rows, title=None):
         tokens_axis = ax.secondary_xaxis("top", functions=(lambda i: i * per_iter, lambda t: t / per_iter))
         tokens_axis.set_xlabel("tokens seen")
         tokens_axis.xaxis.set_major_formatter(EngFormatter())  # 500k, 1M: no offset text to clash with
-    handles = sum((a.get_legend_handles_labels()[0] for a in figure.axes), [])
+    handles = sum((a.get_legend_handles_labels()[0] for a in fig.axes), [])
     ax.legend(handles=handles, loc="upper right", fontsize=8)
     if title:
         ax.set_title(title)
-    return figure
+    return fig
 
 
 def compare_figure(runs, y="loss"):
     """runs: {label: rows}. Each run's val loss (solid) and training-step loss (faint), one colour a
     run; y='bpb': val bits per byte alone, which compares runs with different vocabularies."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(8, 4.5), dpi=100, layout="constrained")
-    ax = figure.add_subplot()
+    fig = figure(8, 4.5)
+    ax = fig.add_subplot()
     key = "val_bpb" if y == "bpb" else "val_loss"
     for i, (label, rows) in enumerate(runs.items()):
         steps, evals = split_rows(rows)
@@ -74,13 +116,13 @@ def compare_figure(runs, y="loss"):
     ax.set_ylabel("val bits per byte" if y == "bpb" else "loss (solid: val, faint: train step)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return figure
+    return fig
 
 
-def save_png(figure, path):
+def save_png(fig, path):
     """Write the figure as a PNG, atomically: a reader never sees half a picture."""
     with atomic_write(path) as f:
-        figure.savefig(f, format="png")
+        fig.savefig(f, format="png")
 
 
 def terminal_chart(runs, width=72, height=18):

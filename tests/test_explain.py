@@ -335,3 +335,58 @@ def test_a_missing_checkpoint_is_one_line(tmp_path, capsys):
     assert excinfo.value.code == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "no checkpoint at" in err
+
+
+# ----------------------------------------------------------------------------- any language in the pictures
+
+def draw_chinese(tmp_path):
+    """A picture with a Chinese title, drawn within picture_fonts: (stderr's hint, warnings let out)."""
+    import io
+    import warnings
+
+    from gptkit.plots import figure, picture_fonts, save_png
+
+    hint = io.StringIO()
+    with warnings.catch_warnings(record=True) as let_out:
+        warnings.simplefilter("always")
+        with picture_fonts(out=hint):
+            fig = figure(4, 2)
+            fig.add_subplot().set_title("大語言模型 ROMEO")
+            save_png(fig, tmp_path / "chinese.png")
+    return hint.getvalue(), [str(w.message) for w in let_out]
+
+
+def test_a_chinese_label_is_drawn_where_a_cjk_font_is_installed(tmp_path):
+    from gptkit.plots import fallback_fonts
+
+    if not fallback_fonts():
+        pytest.skip("no CJK font here (apt-get install fonts-noto-cjk)")
+    hint, let_out = draw_chinese(tmp_path)
+    assert hint == "" and let_out == []  # every glyph found
+    assert (tmp_path / "chinese.png").is_file()
+
+
+def test_without_a_cjk_font_one_line_names_the_package_instead_of_a_warning_a_glyph(tmp_path, monkeypatch):
+    import warnings
+
+    from gptkit import plots
+
+    monkeypatch.setattr(plots, "fallback_fonts", lambda: [])
+    filters = list(warnings.filters)
+    hint, let_out = draw_chinese(tmp_path)
+    assert let_out == [] and hint.count("\n") == 1
+    assert hint.startswith("5 character(s) drawn as boxes") and "apt-get install fonts-noto-cjk" in hint
+    assert warnings.filters == filters
+
+
+def test_explain_next_on_a_chinese_model_draws_its_characters(tmp_path, monkeypatch, capsys):
+    from gptkit.plots import fallback_fonts
+
+    if not fallback_fonts():
+        pytest.skip("no CJK font here (apt-get install fonts-noto-cjk)")
+    out_dir = train_tiny_char_model(tmp_path, "大語言模型是一種語言模型，由具有許多參數的人工神經網絡組成。\n" * 60, 16)
+    monkeypatch.chdir(tmp_path)
+    assert explain.main(["next", f"--out_dir={out_dir}", "--start=大語言模型", "--device=cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "drawn as boxes" not in captured.out + captured.err and "Glyph" not in captured.err
+    assert (tmp_path / "explain_next.png").is_file()
