@@ -21,7 +21,8 @@ from gptkit.files import atomic_write
 from gptkit.hardware import resolve_device, resolve_dtype
 from gptkit.runlog import progress
 from gptkit.sampling import (GREEDY_BELOW, Sample, TokenSampler, candidates, check_init_from, check_sampling, filtered_probs,
-                             load_chosen, prompt_file, read_prompt, sampling_context, token_label, unescape)
+                             load_chosen, prompt_file, read_prompt, sampling_context, token_label, unescape,
+                             utf8_guard)
 from gptkit.settings import UserError, load_settings, run_cli
 
 
@@ -100,7 +101,8 @@ def sample(config, out=None):
     stream = config.num_samples == 1 and not config.show_probs  # print text as it comes
     count = config.show_probs or 10
     table = [[] for _ in samples]
-    choose = TokenSampler(config.temperature, config.top_k, config.top_p, generators, vocab_limit=codec.vocab_size)
+    choose = TokenSampler(config.temperature, config.top_k, config.top_p, generators, vocab_limit=codec.vocab_size,
+                          utf8=utf8_guard(codec), prompt=idx.tolist())
     steps = model.generate_stream(idx, config.max_new_tokens, choose, config.use_cache)
     with ExitStack() as stack:
         keep = [path] + ([Path(prompt_file(config.start))] if prompt_file(config.start) else [])

@@ -305,6 +305,11 @@ class TiktokenCodec:
         self.vocab_size = self.encoding.n_vocab
         self.eot_token = self.encoding.eot_token
 
+    def raw_bytes(self):
+        """Each token's bytes of UTF-8 text (None for a special token)."""
+        special = {self.encoding.encode_single_token(name) for name in self.encoding.special_tokens_set}
+        return [None if i in special else self.encoding.decode_single_token_bytes(i) for i in range(self.vocab_size)]
+
     def encode(self, text):
         return self.encoding.encode(text, allowed_special={"<|endoftext|>"})
 
@@ -336,6 +341,21 @@ class BPECodec:
         """Each token's length in bytes: a byte-level token's text has one character a byte."""
         special = set(self.tokenizer.get_added_tokens_decoder())
         return [0 if i in special else len(self.tokenizer.id_to_token(i)) for i in range(self.vocab_size)]
+
+    def raw_bytes(self):
+        """Each token's bytes of UTF-8 text (None for a special token): its byte-level text mapped
+        back through the byte-to-character table byte-level BPE uses."""
+        special = set(self.tokenizer.get_added_tokens_decoder())
+        to_byte = {ch: b for b, ch in byte_level_characters().items()}
+        return [None if i in special else bytes(to_byte[ch] for ch in self.tokenizer.id_to_token(i))
+                for i in range(self.vocab_size)]
+
+
+def byte_level_characters():
+    """{byte: the printable character byte-level BPE (GPT-2's, and tokenizers' ByteLevel) writes it as}."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
+    shifted = [b for b in range(256) if b not in printable]
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + i) for i, b in enumerate(shifted)}}
 
 
 def codec_from_meta(meta):

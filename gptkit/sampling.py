@@ -68,6 +68,64 @@ def filtered_probs(logits, temperature, top_k, top_p):
     return probs
 
 
+# Where a byte-level text stands: (continuation bytes still awaited, the range the next one must
+# be in). UTF-8's second byte is narrower after E0, ED, F0 and F4 (no overlong forms, no
+# surrogates, nothing past U+10FFFF).
+UTF8_STATES = [(0, 0, 0), (1, 0x80, 0xBF), (2, 0x80, 0xBF), (3, 0x80, 0xBF),
+               (2, 0xA0, 0xBF), (2, 0x80, 0x9F), (3, 0x90, 0xBF), (3, 0x80, 0x8F)]
+UTF8_LEAD = {**{b: 1 for b in range(0xC2, 0xE0)}, 0xE0: 4, **{b: 2 for b in range(0xE1, 0xF0)}, 0xED: 5,
+             0xF0: 6, 0xF1: 3, 0xF2: 3, 0xF3: 3, 0xF4: 7}  # a lead byte -> the state after it
+
+
+def utf8_after(state, data):
+    """The state after bytes data follow text in state, or None if they break UTF-8. A special
+    token (data None) may come only between characters."""
+    if data is None:
+        return 0 if state == 0 else None
+    for byte in data:
+        need, low, high = UTF8_STATES[state]
+        if need:
+            if not low <= byte <= high:
+                return None
+            state = need - 1  # the states of 0, 1 and 2 bytes awaited in the full range are 0, 1, 2
+        elif byte >= 0x80:
+            state = UTF8_LEAD.get(byte)
+            if state is None:  # a continuation byte with nothing to continue, or a byte UTF-8 never has
+                return None
+    return state
+
+
+class Utf8Guard:
+    """For a byte-level vocabulary (GPT-2's BPE, a BPE of the data's own), the tokens that may
+    come next so that the text stays valid UTF-8: a byte token that would break a character is
+    never drawn, so no sample holds U+FFFD. Made once for a codec: for each state and token,
+    whether it may follow, and the state after it."""
+
+    def __init__(self, raw_bytes):
+        after = [[utf8_after(state, data) for data in raw_bytes] for state in range(len(UTF8_STATES))]
+        self.allowed = torch.tensor([[a is not None for a in row] for row in after])  # (states, V)
+        self.after = torch.tensor([[a or 0 for a in row] for row in after])
+
+    def states(self, rows):
+        """(B,) the state after each row of token ids (the prompt)."""
+        result = []
+        for row in rows:
+            state = 0
+            for token in row:
+                state = int(self.after[state, token]) if self.allowed[state, token] else 0  # a broken prompt: start afresh
+            result.append(state)
+        return torch.tensor(result)
+
+
+def utf8_guard(codec):
+    """The codec's Utf8Guard (made once), or None for a codec of whole characters."""
+    if not hasattr(codec, "raw_bytes"):
+        return None
+    if getattr(codec, "utf8_guard", None) is None:
+        codec.utf8_guard = Utf8Guard(codec.raw_bytes())
+    return codec.utf8_guard
+
+
 class TokenSampler:
     """Draws each next token from sampling_probs of the model's logits: pass it to
     model.generate(idx, n, TokenSampler(temperature=0.8, top_k=50)).
@@ -77,20 +135,31 @@ class TokenSampler:
     vocabulary are no tokens). The settings are checked once, here, not at every token.
     """
 
-    def __init__(self, temperature=1.0, top_k=None, top_p=None, generators=None, vocab_limit=None):
+    def __init__(self, temperature=1.0, top_k=None, top_p=None, generators=None, vocab_limit=None, utf8=None,
+                 prompt=None):
         check_sampling(temperature, top_k, top_p)
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.generators, self.vocab_limit = generators, vocab_limit
+        self.utf8 = utf8  # a Utf8Guard: only tokens that keep the text valid UTF-8 are drawn
+        self.states = None if utf8 is None else utf8.states(prompt)  # prompt: the rows of ids drawn after
 
     def __call__(self, logits):
         """logits (B, V) -> tokens (B,)"""
         if self.generators is not None and len(self.generators) != logits.size(0):
             raise ValueError(f"need one generator per row of idx: got {len(self.generators)} "
                              f"for {logits.size(0)} rows")
-        probs = filtered_probs(logits[:, :self.vocab_limit], self.temperature, self.top_k, self.top_p)
+        logits = logits[:, :self.vocab_limit]
+        if self.utf8 is not None:
+            allowed = self.utf8.allowed[self.states][:, :logits.size(1)].to(logits.device)
+            logits = logits.masked_fill(~allowed, float("-inf"))
+        probs = filtered_probs(logits, self.temperature, self.top_k, self.top_p)
         if self.generators is None:
-            return torch.multinomial(probs, 1).squeeze(1)
-        return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators)])
+            tokens = torch.multinomial(probs, 1).squeeze(1)
+        else:
+            tokens = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators)])
+        if self.utf8 is not None:
+            self.states = self.utf8.after[self.states, tokens.cpu()]
+        return tokens
 
 
 def unescape(text):
@@ -186,9 +255,11 @@ class Sample:
             self.cut, self.done = at, True
 
     def text(self, cut=True):
+        """The text so far, without a character left unfinished at its end (which, when sampling
+        stops there, never will be: it would print as U+FFFD)."""
         if cut and self.cut is not None:
             return self.full[:self.cut]
-        return self.full + (self.codec.decode(self.pending) if self.pending else "")
+        return self.full
 
     def unshown(self):
         """New text safe to print now: held back are a partial character and any ending that

@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 from gptkit.data import CharCodec
 from gptkit.inside import embedding_table, head_weights, label, logit_lens, map_tokens, nearest, pca_2d, trace
-from gptkit.sampling import GREEDY_BELOW, TokenSampler, check_sampling, filtered_probs, token_label
+from gptkit.sampling import GREEDY_BELOW, TokenSampler, check_sampling, filtered_probs, token_label, utf8_guard
 from gptkit.settings import UserError
 
 WEB = Path(__file__).resolve().parent / "web"
@@ -182,7 +182,8 @@ class Explorer:
             generator.manual_seed(seed)
         else:
             generator.set_state(self.unsign(state))
-        choose = TokenSampler(temperature, top_k, top_p, [generator], vocab_limit=self.vocab_size)
+        choose = TokenSampler(temperature, top_k, top_p, [generator], vocab_limit=self.vocab_size,
+                              utf8=utf8_guard(self.codec), prompt=[ids])
         steps = self.model.generate_stream(torch.tensor([ids], device=self.device), count, choose)
         try:
             for _ in range(count):

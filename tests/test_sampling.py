@@ -681,14 +681,16 @@ def test_multi_token_characters_are_held_back_until_whole(stop):
     assert "".join(shown) == s.text() == (text.split(stop)[0] if stop else text)
 
 
-def test_a_character_cut_off_by_the_end_shows_as_replacement():
+def test_a_character_cut_off_by_the_end_is_left_out():
+    """Sampling that stops inside a character (max_new_tokens reached) leaves that character out:
+    printed, its bytes would be U+FFFD."""
     codec = ByteCodec()
     s = Sample(codec, None)
     for token in "ab🎉".encode("utf-8")[:-1]:  # the last byte never comes
         s.add(token)
     assert s.unshown() == "ab"
     s.done = True
-    assert s.unshown() == "\ufffd" and s.text() == "ab\ufffd"
+    assert s.unshown() == "" and s.text() == "ab"
 
 
 def test_each_token_is_decoded_on_its_own():
@@ -826,3 +828,57 @@ def test_dtype_auto_samples_by_a_rule_on_the_model_and_leaves_it_whole(tmp_path,
     assert sorted(after) == sorted(before) and all(torch.equal(after[k], before[k]) for k in before)
     assert not any(isinstance(m, PackedLinear) for m in model.modules())
     model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))[1].backward()  # trains
+
+
+# ----------------------------------------------------------------------------- valid UTF-8 from byte-level BPE
+
+def test_utf8_states_accept_exactly_what_utf8_does():
+    """Every byte after every prefix that leaves a character open: utf8_after accepts it exactly
+    where Python's UTF-8 decoder does (overlong forms, surrogates and past U+10FFFF included)."""
+    from gptkit.sampling import utf8_after
+
+    prefixes = [b"", b"a"] + [bytes([lead]) for lead in range(0xC2, 0xF5)]
+    prefixes += [bytes([lead, second]) for lead in range(0xE0, 0xF5) for second in range(0x80, 0xC0)
+                 if utf8_after(0, bytes([lead, second])) is not None]
+    for prefix in prefixes:
+        state = utf8_after(0, prefix)
+        assert state is not None, prefix
+        for byte in range(256):
+            valid = False  # some completion decodes (the lowest or the highest continuation bytes reach every range)
+            for tail in (b"\x80" * n for n in range(4)), (b"\xbf" * n for n in range(4)):
+                for ending in tail:
+                    try:
+                        (prefix + bytes([byte]) + ending).decode("utf-8")
+                        valid = True
+                    except UnicodeDecodeError:
+                        pass
+            assert (utf8_after(state, bytes([byte])) is not None) == valid, (prefix, hex(byte))
+
+
+def test_samples_of_an_own_bpe_on_chinese_text_hold_no_broken_character(tmp_path):
+    """A BPE learned on Chinese text splits many characters into byte tokens; drawn freely, a byte
+    that continues no character prints as U+FFFD. The sampler draws only tokens that keep the text
+    valid UTF-8, so no sample holds one, whatever the model (here an untrained one)."""
+    from gptkit.data import codec_from_meta, dataset_meta
+    from gptkit.datasets import prepare_text
+    from gptkit.sampling import TokenSampler, utf8_guard
+
+    (tmp_path / "zh.txt").write_text("大語言模型是一種語言模型，由具有許多參數的人工神經網絡組成。使用自監督學習對大量未標記文本進行訓練。\n"
+                                     * 80, encoding="utf-8")
+    prepare_text(tmp_path / "zh", tmp_path / "zh.txt", "bpe", vocab_size=300)
+    codec = codec_from_meta(dataset_meta(tmp_path / "zh"))
+    model = random_model(config_with(vocab_size=codec.vocab_size, block_size=64), seed=3, std=0.5)
+    prompt = codec.encode("大語")
+    idx = torch.tensor([prompt] * 4)
+    guarded = TokenSampler(1.0, generators=[torch.Generator().manual_seed(i) for i in range(4)],
+                           vocab_limit=codec.vocab_size, utf8=utf8_guard(codec), prompt=idx.tolist())
+    free = TokenSampler(1.0, generators=[torch.Generator().manual_seed(i) for i in range(4)],
+                        vocab_limit=codec.vocab_size)
+    for choose, broken in ((guarded, False), (free, True)):
+        rows = model.generate(idx, 60, choose)
+        samples = [Sample(codec, "") for _ in rows]
+        for sample, row in zip(samples, rows):
+            for token in row.tolist():
+                sample.add(token)
+        texts = [sample.text() for sample in samples]  # what sample.py prints
+        assert any("\ufffd" in text for text in texts) == broken, texts
