@@ -1,4 +1,5 @@
-"""Write a trained model as a Hugging Face GPT-2 folder.
+"""Write a trained model as a Hugging Face folder: GPT-2's layout for GPT-2's parts, Llama's for
+rotary + RMSNorm + SwiGLU without biases, Qwen3's for those with QK-norm.
 
     python export.py --out_dir=out-shakespeare --to=hf/shakespeare
 
@@ -6,8 +7,8 @@ The folder holds config.json and model.safetensors, and the model's tokenizer (G
 vocab.json, merges.txt; a BPE of the data's own, or characters: tokenizer.json), so that
 transformers loads it and gives the same logits:
 
-    from transformers import GPT2LMHeadModel, AutoTokenizer
-    model = GPT2LMHeadModel.from_pretrained("hf/shakespeare")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model = AutoModelForCausalLM.from_pretrained("hf/shakespeare")
 """
 
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from gptkit.checkpoint import find_checkpoint
-from gptkit.hf import export_gpt2
+from gptkit.hf import export_hf
 from gptkit.sampling import load_model
 from gptkit.settings import UserError, load_settings, run_cli
 
@@ -33,10 +34,10 @@ def export(config):
         raise UserError("--to is missing: name the folder to write, e.g. --to=hf/my-model")
     path = find_checkpoint(config.out_dir, config.checkpoint)
     model, codec = load_model(path, "cpu")
-    export_gpt2(model, codec, config.to)
+    export_hf(model, codec, config.to)
     files = ", ".join(sorted(path.name for path in Path(config.to).iterdir()))
     print(f"{path} -> {config.to} ({files}); load it with "
-          f"transformers.GPT2LMHeadModel.from_pretrained({str(config.to)!r})")
+          f"transformers.AutoModelForCausalLM.from_pretrained({str(config.to)!r})")
 
 
 def main(argv=None):

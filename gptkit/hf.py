@@ -63,6 +63,8 @@ def read_config(folder, dropout=0.0):
     path = Path(folder) / "config.json"
     try:
         hf = json.loads(path.read_text())
+        if hf.get("model_type") in LLAMA_LAYOUTS:
+            return read_llama_config(hf, path, dropout)
         problems = [f"model_type {hf.get('model_type')!r}, not 'gpt2'"] if hf.get("model_type", "gpt2") != "gpt2" else []
         if hf.get("activation_function", "gelu_new") not in ACTIVATION_FROM_HF:
             problems.append(f"activation {hf['activation_function']!r}")
@@ -103,6 +105,12 @@ def load_gpt2(name_or_path, dropout=0.0):
     """A GPT with the weights of a GPT-2 folder or name (see PRETRAINED)."""
     folder = pretrained_folder(name_or_path)
     model = GPT(read_config(folder, dropout))
+    if model.config.pos_encoding == "rope":  # a Llama or Qwen3 folder
+        try:
+            model.load_state_dict(llama_state(read_weights(folder), model.config))
+        except (RuntimeError, KeyError) as e:
+            raise UserError(f"the weights in {folder} do not fit its config.json ({reason(e)})") from None
+        return model
     state = {}
     try:
         for name, tensor in read_weights(folder).items():
@@ -143,24 +151,34 @@ def not_gpt2(config):
     return None
 
 
-def export_gpt2(model, codec, folder):
-    """Write model (a GPT) as a Hugging Face GPT-2 folder that transformers loads to the same logits.
-    GPT-2's format has room for GPT-2's parts and some more: sinusoidal positions are written as the position
-    table they are, a model without biases gets zero biases, and relu and exact GELU are named in
-    config.json. The vocabulary is cut to the data's (padding rows are never a token). The newer
-    options GPT-2's format has no room for are refused (not_gpt2)."""
-    from safetensors.torch import save_file
-
-    problem = not_gpt2(model.config)
+def export_hf(model, codec, folder):
+    """Write model (a GPT) as a Hugging Face folder that transformers loads to the same logits: GPT-2's
+    layout for GPT-2's parts (GPT2LMHeadModel), Llama's for rotary + RMSNorm + SwiGLU without biases
+    (LlamaForCausalLM), Qwen3's for those with QK-norm (Qwen3ForCausalLM). The vocabulary is cut
+    to the data's (padding rows are never a token). A mix no layout holds is refused in one line
+    that names the part and the nearest layout."""
+    if not_gpt2(model.config) is None:
+        return export_gpt2(model, codec, folder)
+    layout, problem = llama_layout(model.config)
     if problem:
-        raise UserError(f"this model has {problem}, which a Hugging Face GPT-2 folder cannot hold; only a model "
-                        f"of GPT-2's shape exports: train one without that setting (configs/gpt2_parts.py after its config "
-                        f"puts all of GPT-2's parts back)")
+        raise UserError(f"this model has {problem}, which no Hugging Face layout here holds: GPT-2's takes GPT-2's "
+                        f"parts (configs/gpt2_parts.py), Llama's takes pos_encoding='rope', norm='rmsnorm', "
+                        f"activation='swiglu', bias=False and no logit_softcap (Qwen3's with qk_norm too); "
+                        f"train one of those")
+    export_folder(model, codec, folder, llama_tensors(model, codec.vocab_size),
+                  llama_config_json(model.config, codec.vocab_size, layout, eot_of(codec)))
+
+
+def eot_of(codec):
+    """The end-of-text id of a BPE codec (GPT-2's, or the data's own), else None."""
+    return codec.eot_token if isinstance(codec, BPECodec) or getattr(codec, "encoding", None) is not None else None
+
+
+def export_gpt2(model, codec, folder):
+    """A model of GPT-2's parts as a GPT-2 folder. GPT-2's format has room for some more:
+    sinusoidal positions are written as the position table they are, a model without biases gets
+    zero biases, and relu and exact GELU are named in config.json."""
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"--to {folder} is a file; name a folder to write the model into")
-    if any((folder / name).exists() for name in ("config.json", "model.safetensors")):
-        raise UserError(f"{folder} already holds a model; choose another folder, or delete that one first")
     config, vocab_size = model.config, codec.vocab_size
     ours = model.state_dict()
     C = config.n_embd
@@ -174,10 +192,8 @@ def export_gpt2(model, codec, folder):
             tensors[f"h.{i}.{name}.bias"] = ours.get(f"transformer.h.{i}.{name}.bias", torch.zeros(size))
     tensors["ln_f.weight"] = ours["transformer.ln_f.weight"]
     tensors["ln_f.bias"] = ours.get("transformer.ln_f.bias", torch.zeros(C))
-    tensors = {f"transformer.{k}": v.detach().float().cpu().contiguous() for k, v in tensors.items()}
-    gpt2_bpe = getattr(codec, "encoding", None) is not None and codec.encoding.name == "gpt2"
-    own_bpe, characters = isinstance(codec, BPECodec), isinstance(codec, CharCodec)
-    eot = codec.eot_token if gpt2_bpe or own_bpe else None
+    tensors = {f"transformer.{k}": v for k, v in tensors.items()}
+    eot = eot_of(codec)
     hf_config = {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": vocab_size,
         "n_positions": config.block_size, "n_ctx": config.block_size, "n_embd": C, "n_layer": config.n_layer,
@@ -186,6 +202,22 @@ def export_gpt2(model, codec, folder):
         "layer_norm_epsilon": 1e-5, "initializer_range": 0.02, "scale_attn_weights": True,
         "tie_word_embeddings": True, "bos_token_id": eot, "eos_token_id": eot, "torch_dtype": "float32",
     }
+    export_folder(model, codec, folder, tensors, hf_config)
+
+
+def export_folder(model, codec, folder, tensors, hf_config):
+    """Write a Hugging Face folder: the weights (float32), the codec's tokenizer, then config.json
+    (last: a folder without it is unfinished). A folder that holds a model is never written over."""
+    from safetensors.torch import save_file
+
+    folder, config = Path(folder), model.config
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--to {folder} is a file; name a folder to write the model into")
+    if any((folder / name).exists() for name in ("config.json", "model.safetensors")):
+        raise UserError(f"{folder} already holds a model; choose another folder, or delete that one first")
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
+    gpt2_bpe = getattr(codec, "encoding", None) is not None and codec.encoding.name == "gpt2"
+    own_bpe, characters = isinstance(codec, BPECodec), isinstance(codec, CharCodec)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / ".model.safetensors.tmp"
     save_file(tensors, tmp, metadata={"format": "pt"})
@@ -208,6 +240,105 @@ def write_own_tokenizer(folder, codec, max_length):
     with atomic_write(Path(folder) / "tokenizer_config.json", "w") as f:
         json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_length,
                    "bos_token": END_OF_TEXT, "eos_token": END_OF_TEXT, "unk_token": END_OF_TEXT}, f, indent=2)
+
+
+LLAMA_LAYOUTS = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+LLAMA_PARTS = {"pos_encoding": "rope", "norm": "rmsnorm", "activation": "swiglu", "bias": False, "logit_softcap": 0.0}
+
+
+def llama_layout(config):
+    """('llama' or 'qwen3', None) for a model of Llama's parts (Qwen3's: with QK-norm), else
+    (None, the first part neither has, as 'name=value')."""
+    for name, value in LLAMA_PARTS.items():
+        if getattr(config, name) != value:
+            return None, f"{name}={getattr(config, name)!r}"
+    return ("qwen3" if config.qk_norm else "llama"), None
+
+
+def llama_names(config):
+    """[(our name, Llama's name)] of every weight but the MLP's gate and up halves (c_fc)."""
+    names = [("transformer.wte.weight", "model.embed_tokens.weight"), ("transformer.ln_f.weight", "model.norm.weight")]
+    if not config.tie_embeddings:
+        names.append(("lm_head.weight", "lm_head.weight"))
+    for i in range(config.n_layer):
+        ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
+        names += [(ours + "ln_1.weight", theirs + "input_layernorm.weight"),
+                  (ours + "attn.c_proj.weight", theirs + "self_attn.o_proj.weight"),
+                  (ours + "ln_2.weight", theirs + "post_attention_layernorm.weight"),
+                  (ours + "mlp.c_proj.weight", theirs + "mlp.down_proj.weight")]
+        if config.qk_norm:
+            names += [(ours + "attn.q_norm.weight", theirs + "self_attn.q_norm.weight"),
+                      (ours + "attn.k_norm.weight", theirs + "self_attn.k_norm.weight")]
+    return names
+
+
+def llama_tensors(model, vocab_size):
+    """Our weights under Llama's names: c_attn split into q, k and v, c_fc into the gate and up halves."""
+    ours, config = model.state_dict(), model.config
+    tensors = {theirs: ours[name] for name, theirs in llama_names(config)}
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        if name in tensors:
+            tensors[name] = tensors[name][:vocab_size]
+    for i in range(config.n_layer):
+        q, k, v = ours[f"transformer.h.{i}.attn.c_attn.weight"].chunk(3)
+        gate, up = ours[f"transformer.h.{i}.mlp.c_fc.weight"].chunk(2)
+        for name, tensor in (("self_attn.q_proj", q), ("self_attn.k_proj", k), ("self_attn.v_proj", v),
+                             ("mlp.gate_proj", gate), ("mlp.up_proj", up)):
+            tensors[f"model.layers.{i}.{name}.weight"] = tensor
+    return tensors
+
+
+def llama_state(tensors, config):
+    """A Llama or Qwen3 folder's weights under our names (the inverse of llama_tensors)."""
+    state = {name: tensors[theirs] for name, theirs in llama_names(config)}
+    if config.tie_embeddings:
+        state["lm_head.weight"] = state["transformer.wte.weight"]
+    for i in range(config.n_layer):
+        theirs = f"model.layers.{i}."
+        state[f"transformer.h.{i}.attn.c_attn.weight"] = torch.cat(
+            [tensors[theirs + f"self_attn.{x}_proj.weight"] for x in "qkv"])
+        state[f"transformer.h.{i}.mlp.c_fc.weight"] = torch.cat(
+            [tensors[theirs + "mlp.gate_proj.weight"], tensors[theirs + "mlp.up_proj.weight"]])
+    return {k: v.float() for k, v in state.items()}
+
+
+def llama_config_json(config, vocab_size, layout, eot):
+    """config.json of a Llama or Qwen3 folder of this model."""
+    head_size = config.n_embd // config.n_head
+    return {"architectures": [LLAMA_LAYOUTS[layout]], "model_type": layout, "vocab_size": vocab_size,
+            "hidden_size": config.n_embd, "intermediate_size": round(8 * config.n_embd / 3),
+            "num_hidden_layers": config.n_layer, "num_attention_heads": config.n_head,
+            "num_key_value_heads": config.n_head, "head_dim": head_size, "hidden_act": "silu",
+            "max_position_embeddings": config.block_size, "rms_norm_eps": 1e-5,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}, "rope_theta": 10000.0,
+            "attention_bias": False, "mlp_bias": False, "attention_dropout": config.dropout,
+            "tie_word_embeddings": config.tie_embeddings, "bos_token_id": eot, "eos_token_id": eot,
+            "torch_dtype": "float32"}
+
+
+def read_llama_config(hf, path, dropout):
+    """The GPTConfig of a Llama or Qwen3 config.json; what our model cannot compute is refused."""
+    head_size = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+    rope = hf.get("rope_parameters") or {}
+    problems = []
+    if hf.get("num_key_value_heads", hf["num_attention_heads"]) != hf["num_attention_heads"]:
+        problems.append("grouped-query attention (num_key_value_heads)")
+    if head_size * hf["num_attention_heads"] != hf["hidden_size"]:
+        problems.append("head_dim x heads other than hidden_size")
+    if hf["intermediate_size"] != round(8 * hf["hidden_size"] / 3):
+        problems.append("intermediate_size other than 8/3 of hidden_size")
+    if rope.get("rope_type", "default") != "default" or rope.get("rope_theta", hf.get("rope_theta", 10000.0)) != 10000.0:
+        problems.append("rotary positions other than base 10000")
+    if hf.get("hidden_act", "silu") != "silu" or hf.get("attention_bias") or hf.get("mlp_bias"):
+        problems.append("an activation other than silu, or biases")
+    if abs(hf.get("rms_norm_eps", 1e-5) - 1e-5) > 1e-12:
+        problems.append(f"rms_norm_eps={hf['rms_norm_eps']}")
+    if problems:
+        raise UserError(f"{path} describes a model this GPT cannot compute exactly: {'; '.join(problems)}")
+    return GPTConfig(block_size=hf["max_position_embeddings"], vocab_size=hf["vocab_size"],
+                     n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"], n_embd=hf["hidden_size"],
+                     dropout=dropout, qk_norm=hf["model_type"] == "qwen3",
+                     tie_embeddings=hf.get("tie_word_embeddings", True), **LLAMA_PARTS)
 
 
 def char_tokenizer(chars):

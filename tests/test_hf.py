@@ -2,6 +2,7 @@
 GPT with the same logits, and our models export to folders transformers loads to the same logits."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 
 import export
 from gptkit.datasets import prepare_text
-from gptkit.hf import export_gpt2, load_gpt2
+from gptkit.hf import export_hf, load_gpt2
 from gptkit.settings import load_settings
 from gptkit.train_settings import TrainConfig
 from gptkit.training import TrainingRun
@@ -101,7 +102,7 @@ def test_export_loads_in_transformers_with_the_same_logits(tmp_path, options):
     ours = GPT(config).eval()
     perturb(ours)
     codec = CharCodec("".join(chr(ord("!") + i) for i in range(60)))  # 60 tokens: the padding rows are cut
-    export_gpt2(ours, codec, tmp_path / "hf")
+    export_hf(ours, codec, tmp_path / "hf")
     theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
     assert theirs.config.vocab_size == 60
     idx = tokens(60)
@@ -113,7 +114,7 @@ def test_export_loads_in_transformers_with_the_same_logits(tmp_path, options):
 def test_round_trip_through_transformers_format(tmp_path):
     theirs = hf_model(tmp_path / "a")
     ours = load_gpt2(str(tmp_path / "a"))
-    export_gpt2(ours, CharCodec("".join(chr(256 + i) for i in range(300))), tmp_path / "b")
+    export_hf(ours, CharCodec("".join(chr(256 + i) for i in range(300))), tmp_path / "b")
     back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "b").eval()
     idx = tokens(300)
     torch.testing.assert_close(hf_logits(back, idx), hf_logits(theirs, idx))
@@ -121,7 +122,7 @@ def test_round_trip_through_transformers_format(tmp_path):
 
 def test_export_writes_gpt2_tokenizer_for_bpe_models(tmp_path, gpt2_codec):
     config = GPTConfig(block_size=16, vocab_size=50304, n_layer=1, n_head=2, n_embd=16)
-    export_gpt2(GPT(config), gpt2_codec, tmp_path / "hf")
+    export_hf(GPT(config), gpt2_codec, tmp_path / "hf")
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     text = "Hello, world! Ünïcode ✓ and spaces   here.\nO Romeo, Romeo!"
     assert tokenizer(text)["input_ids"] == gpt2_codec.encode(text)
@@ -132,15 +133,15 @@ def test_export_writes_gpt2_tokenizer_for_bpe_models(tmp_path, gpt2_codec):
 
 def test_export_never_writes_over_a_model(tmp_path):
     config = GPTConfig(block_size=8, vocab_size=8, n_layer=1, n_head=1, n_embd=8)
-    export_gpt2(GPT(config), CharCodec("abcdefgh"), tmp_path)
+    export_hf(GPT(config), CharCodec("abcdefgh"), tmp_path)
     before = (tmp_path / "model.safetensors").read_bytes()
     with pytest.raises(UserError, match="already holds a model"):
-        export_gpt2(GPT(config), CharCodec("abcdefgh"), tmp_path)
+        export_hf(GPT(config), CharCodec("abcdefgh"), tmp_path)
     assert (tmp_path / "model.safetensors").read_bytes() == before
 
 
 @pytest.mark.parametrize("change, fragment", [
-    ({"model_type": "llama"}, "model_type 'llama'"),
+    ({"model_type": "mistral"}, "model_type 'mistral'"),
     ({"activation_function": "silu"}, "activation 'silu'"),
     ({"n_inner": 100}, "n_inner=100"),
     ({"scale_attn_by_inverse_layer_idx": True}, "attention scaled"),
@@ -184,7 +185,7 @@ def test_export_command_from_a_trained_checkpoint(tiny_train_args, tmp_path, mon
     monkeypatch.chdir(tmp_path)
     train.main(tiny_train_args)
     assert export.main([f"--out_dir={tmp_path / 'out'}", f"--to={tmp_path / 'hf'}"]) in (0, None)
-    assert "GPT2LMHeadModel.from_pretrained" in capsys.readouterr().out
+    assert "AutoModelForCausalLM.from_pretrained" in capsys.readouterr().out
     from gptkit.sampling import load_model
 
     ours, codec = load_model(tmp_path / "out" / "best.pt", "cpu")
@@ -302,7 +303,7 @@ def test_export_to_a_file_is_one_line(tmp_path):
     target.write_text("keep me")
     config = GPTConfig(block_size=8, vocab_size=8, n_layer=1, n_head=1, n_embd=8)
     with pytest.raises(UserError, match="is a file"):
-        export_gpt2(GPT(config), CharCodec("abcdefgh"), target)
+        export_hf(GPT(config), CharCodec("abcdefgh"), target)
     assert target.read_text() == "keep me"
 
 
@@ -343,3 +344,40 @@ def test_a_character_model_exports_with_its_tokenizer_and_generates_as_sample_py
     assert tokenizer.decode(generated[0]) == ours
     assert sample.main([f"--init_from={tmp_path / 'hf'}", *greedy]) == 0
     assert capsys.readouterr().out.split("\n---------------")[0] == ours
+
+
+@pytest.mark.parametrize("qk_norm, tie, layout", [(False, True, "LlamaForCausalLM"), (False, False, "LlamaForCausalLM"),
+                                                  (True, False, "Qwen3ForCausalLM")])
+def test_a_model_of_the_newer_parts_exports_as_llama_or_qwen3(tmp_path, qk_norm, tie, layout):
+    """Rotary + RMSNorm + SwiGLU without biases is Llama's layout (with QK-norm, Qwen3's):
+    AutoModelForCausalLM loads the folder to our logits and our greedy text, and it loads back here."""
+    torch.manual_seed(0)
+    config = GPTConfig(block_size=32, vocab_size=64, n_layer=2, n_head=2, n_embd=48, bias=False, pos_encoding="rope",
+                       norm="rmsnorm", activation="swiglu", qk_norm=qk_norm, tie_embeddings=tie)
+    ours = GPT(config).eval()
+    with torch.no_grad():  # weights far from their init, so that every part matters
+        for p in ours.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    codec = CharCodec("".join(chr(65 + i) for i in range(60)))
+    export_hf(ours, codec, tmp_path / "hf")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert type(theirs).__name__ == layout
+    idx = tokens(60, length=20)
+    torch.testing.assert_close(hf_logits(theirs, idx), ours_logits(ours, idx)[..., :60], rtol=1e-4, atol=1e-4)
+    prompt = idx[:, :5]
+    with torch.no_grad():
+        expected = ours.generate(prompt, 20, choose=lambda logits: logits[:, :60].argmax(-1))
+    assert torch.equal(theirs.generate(prompt, max_new_tokens=20, do_sample=False, pad_token_id=0), expected)
+    again = load_gpt2(tmp_path / "hf").eval()
+    torch.testing.assert_close(ours_logits(again, idx), ours_logits(ours, idx)[..., :60], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("change, part", [({"logit_softcap": 15.0}, "logit_softcap=15.0"),
+                                          ({"activation": "relu2"}, "activation='relu2'"),
+                                          ({"pos_encoding": "learned"}, "pos_encoding='learned'")])
+def test_parts_no_layout_holds_are_refused_naming_the_part(tmp_path, change, part):
+    config = GPTConfig(**{**dict(block_size=16, vocab_size=40, n_layer=1, n_head=2, n_embd=32, bias=False,
+                                 pos_encoding="rope", norm="rmsnorm", activation="swiglu"), **change})
+    with pytest.raises(UserError, match=f"this model has {re.escape(part)}, which no Hugging Face layout here holds"):
+        export_hf(GPT(config), CharCodec("abcdefgh"), tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()

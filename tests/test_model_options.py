@@ -153,13 +153,13 @@ def test_each_option_resumes_bit_exactly(options, tiny_train_args, tmp_path):
     assert all(torch.equal(whole["model"][name], part["model"][name]) for name in whole["model"])
 
 
-def test_export_refuses_a_rope_model_in_one_line(tiny_train_args, tmp_path, capsys):
+def test_export_refuses_rotary_with_layernorm_in_one_line_naming_the_layouts(tiny_train_args, tmp_path, capsys):
     assert train.main(tiny_train_args + ["--pos_encoding=rope", "--max_iters=2", "--eval_interval=2"]) == 0
     capsys.readouterr()
     with pytest.raises(SystemExit) as excinfo:
         export.main([f"--out_dir={tmp_path / 'out'}", f"--to={tmp_path / 'hf'}"])
-    assert_one_error_line(capsys, excinfo, "this model has pos_encoding='rope', which a Hugging Face GPT-2 folder "
-                                           "cannot hold")
+    assert_one_error_line(capsys, excinfo, "this model has norm='layernorm', which no Hugging Face layout here holds: "
+                                           "GPT-2's takes GPT-2's parts")
     assert not (tmp_path / "hf").exists()
 
 

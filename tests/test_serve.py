@@ -24,7 +24,7 @@ import explain
 import sample
 from gptkit import inside, serve
 from conftest import train_tiny_char_model
-from gptkit.hf import export_gpt2
+from gptkit.hf import export_hf
 from gptkit.sampling import load_chosen, sampling_probs
 from gptkit.serve import Explorer
 from gptkit.settings import load_settings
@@ -477,7 +477,7 @@ def test_a_model_of_its_own_bpe_and_newer_parts_is_served(tmp_path, serve_page):
 
 def test_the_command_serves_gpt2_weights_from_a_folder(gpt2_codec, tmp_path, monkeypatch, capsys):
     model = GPT(GPTConfig(block_size=32, vocab_size=50257, n_layer=1, n_head=2, n_embd=16))
-    export_gpt2(model, gpt2_codec, tmp_path / "gpt2-local")  # a Hugging Face GPT-2 folder, as --init_from=FOLDER reads
+    export_hf(model, gpt2_codec, tmp_path / "gpt2-local")  # a Hugging Face GPT-2 folder, as --init_from=FOLDER reads
     served = []
     monkeypatch.setattr(explain, "serve", lambda explorer, host, port: served.append((explorer, host, port)))
     assert explain.main(["serve", f"--init_from={tmp_path / 'gpt2-local'}", "--port=8123", "--device=cpu"]) == 0
