@@ -497,10 +497,10 @@ def explain(argv):
     if files and view != "summary":
         raise UserError(f"{view} reads a checkpoint (--out_dir=... or --checkpoint=...), not a file: {files[0]}")
     config = settings_from(ExplainConfig, [], overrides)
+    if view == "serve":  # a page, not a picture
+        return serve_view(config, files)
     with picture_fonts(out=sys.stdout):  # the text's own characters, Chinese, Japanese or Korean included
         picture = VIEWS[view](config, files)
-        if picture is None:  # serve
-            return
         path = config.out or f"explain_{view}.png"
         try:
             save_png(picture, path)

@@ -16,7 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from gptkit.budget import UNDECIDED, TimeBudget, command_started, decay_iters
+from gptkit.budget import UNDECIDED, TimeBudget, command_started, with_max_iters
 from gptkit.checkpoint import save_run
 from gptkit.distributed import gradient_sync
 from gptkit.hardware import synchronize
@@ -25,7 +25,7 @@ from gptkit.plots import loss_figure, picture_fonts, save_png
 from gptkit.runlog import duration, log, progress
 from gptkit.settings import UserError, load_settings, reason, run_cli
 from gptkit.stopping import StopRequest
-from gptkit.train_settings import TrainConfig, given_settings, with_settings
+from gptkit.train_settings import TrainConfig
 from gptkit.training import TrainingRun
 
 
@@ -97,8 +97,7 @@ def choose_max_iters(run, budget, bar):
     if isinstance(choice, UserError):
         raise choice
     max_iters, line = choice
-    decay = {} if "lr_decay_iters" in given_settings(run.config) else {"lr_decay_iters": decay_iters(max_iters, run.config)}
-    run.config = with_settings(run.config, max_iters=max_iters, **decay)
+    run.config = with_max_iters(run.config, max_iters)
     bar.total = max_iters
     bar.refresh()
     log(line)
@@ -151,11 +150,12 @@ def estimate_loss(run):
             for i in range(rounds):  # FSDP: every process runs as many forwards (each gathers weights)
                 x, y = run.to_device(share[i] if i < len(share) else batches[0])
                 with run.autocast:
-                    logits, loss = run.model(x, y)
-                if i < len(share):
-                    text_bytes = torch.where(y >= 0, run.token_bytes[y.clamp(min=0)], 0)  # -1: ignored
+                    logits, _ = run.model(x)
+                if i < len(share):  # each target's loss once: its mean, and its bits where it stands for text
                     nats = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-1, reduction="none")
-                    bits = (nats.double() * (text_bytes.flatten() > 0)).sum() / math.log(2)
+                    text_bytes = torch.where(y >= 0, run.token_bytes[y.clamp(min=0)], 0).flatten()  # -1: ignored
+                    loss = nats.sum() / (y >= 0).sum()
+                    bits = (nats.double() * (text_bytes > 0)).sum() / math.log(2)
                     total += torch.stack([loss.double(), bits, text_bytes.sum().double()])
                 bar.update(procs.world_size)
             loss, bits, text_bytes = (procs.sum(value) for value in total.tolist())

@@ -60,23 +60,33 @@ class TimeBudget:
 
 def budgeted(config, saved):
     """(settings, whether the budget is still to choose max_iters): max_iters open (UNDECIDED) for a
-    run under a time_budget that does not set it, or the choice its checkpoint recorded. Under a
-    budget, lr_decay_iters follows max_iters unless it is set."""
-    given = given_settings(config)
-    follows = {} if "lr_decay_iters" in given else {"lr_decay_iters": decay_iters(config.max_iters, config)}
+    run under a time_budget that does not set it, or, resuming, the max_iters its checkpoint
+    recorded (chosen by a budget or set: a resumed run keeps its schedule)."""
     if not config.time_budget or config.eval_only:
         return config, False
-    if "max_iters" in given:  # it means what it says
-        return with_settings(config, **follows), False
-    recorded = (saved or {}).get("train_config", {})
-    if recorded.get("time_budget") and recorded.get("max_iters", UNDECIDED) != UNDECIDED:
-        print(f"time_budget: {recorded['max_iters']:,} iterations, as chosen when the run started")
-        return with_settings(config, max_iters=recorded["max_iters"], lr_decay_iters=recorded["lr_decay_iters"]), False
+    if "max_iters" in given_settings(config):  # it means what it says
+        return with_max_iters(config, config.max_iters), False
+    saved_config = (saved or {}).get("train_config", {})
+    recorded = saved_config.get("max_iters", UNDECIDED)
+    if recorded != UNDECIDED:
+        how = "as chosen when the run started" if saved_config.get("time_budget") else "as the run was saved with"
+        print(f"time_budget: {recorded:,} iterations, {how}")
+        lr_decay_iters = saved_config.get("lr_decay_iters", decay_iters(recorded, config))
+        return with_settings(config, max_iters=recorded, lr_decay_iters=lr_decay_iters), False
     if config.warmup_iters < LEAST_WARMUP:
         raise UserError(f"time_budget measures the steps during warm-up, before the learning rate depends on "
                         f"max_iters, and needs warmup_iters of at least {LEAST_WARMUP} (it is {config.warmup_iters}); "
                         f"raise it, or set max_iters instead")
-    return with_settings(config, max_iters=UNDECIDED, **{k: UNDECIDED for k in follows}), True
+    if saved and saved["iter_num"] >= config.warmup_iters:
+        raise UserError(f"{saved['iter_num']} iterations into this run its warm-up is over and its checkpoint "
+                        f"records no max_iters for time_budget to keep; resume with --max_iters=N")
+    return with_max_iters(config, UNDECIDED), True
+
+
+def with_max_iters(config, max_iters):
+    """config with max_iters, and lr_decay_iters following it unless set (the decay ends with the run)."""
+    follows = {} if "lr_decay_iters" in given_settings(config) else {"lr_decay_iters": decay_iters(max_iters, config)}
+    return with_settings(config, max_iters=max_iters, **follows)
 
 
 def command_started():
@@ -92,6 +102,5 @@ def command_started():
 
 
 def decay_iters(max_iters, config):
-    """lr_decay_iters that follows max_iters: the decay ends with the run (a run shorter than its
-    warm-up never decays)."""
+    """lr_decay_iters that follows max_iters (a run shorter than its warm-up never decays)."""
     return max(max_iters, config.warmup_iters + 1)

@@ -337,11 +337,6 @@ class BPECodec:
     def decode(self, ids):
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
 
-    def token_bytes(self):
-        """Each token's length in bytes: a byte-level token's text has one character a byte."""
-        special = set(self.tokenizer.get_added_tokens_decoder())
-        return [0 if i in special else len(self.tokenizer.id_to_token(i)) for i in range(self.vocab_size)]
-
     def raw_bytes(self):
         """Each token's bytes of UTF-8 text (None for a special token): its byte-level text mapped
         back through the byte-to-character table byte-level BPE uses."""
@@ -370,12 +365,7 @@ def token_bytes(meta):
     what bits per byte divides by. Special tokens (<|endoftext|>) stand for no text: 0."""
     if meta["codec"] == "char":
         return torch.tensor([len(ch.encode("utf-8")) for ch in meta["chars"]])
-    if meta["codec"] == "bpe":
-        return torch.tensor(BPECodec(meta["tokenizer"]).token_bytes())
-    encoding = codec_from_meta(meta).encoding
-    special = {encoding.encode_single_token(name) for name in encoding.special_tokens_set}
-    return torch.tensor([0 if i in special else len(encoding.decode_single_token_bytes(i))
-                         for i in range(meta["vocab_size"])])
+    return torch.tensor([0 if data is None else len(data) for data in codec_from_meta(meta).raw_bytes()])
 
 
 # ----------------------------------------------------------------------------- batches

@@ -104,3 +104,18 @@ def test_the_choice_fits_the_steps_and_evaluations_in_what_is_left(monkeypatch):
     with pytest.raises(UserError, match="leaves no time to train"):
         clock["now"] = 99.0
         b.choose(100, 200, 2.0)
+
+
+def test_a_run_saved_without_a_budget_resumes_with_its_own_max_iters(char_data, tmp_path, monkeypatch, capsys):
+    """A checkpoint from before the config had a time_budget (or nanoGPT's) resumed under one keeps
+    the max_iters and lr_decay_iters it was saved with: its schedule goes on, nothing is chosen."""
+    monkeypatch.setattr(budget.TimeBudget, "choose", lambda *args: pytest.fail("chose for a run that had its steps"))
+    plain = budget_args(char_data, tmp_path / "out", max_iters=30, lr_decay_iters=50)
+    plain = [a for a in plain if not a.startswith("--time_budget")]
+    with monkeypatch.context() as m:
+        stop_at(m, 25)
+        assert train.main(plain) == 0
+    assert train.main(budget_args(char_data, tmp_path / "out", init_from="resume")) == 0
+    assert "time_budget: 30 iterations, as the run was saved with" in capsys.readouterr().out
+    saved = load_checkpoint(tmp_path / "out" / "ckpt.pt")
+    assert saved["iter_num"] == 30 and saved["train_config"]["lr_decay_iters"] == 50
