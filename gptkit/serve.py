@@ -84,6 +84,7 @@ class Explorer:
         self.key = os.urandom(16)  # signs the sampler states handed to the page (see sign)
         self.map = None  # the embedding map, made at its first request
         self.unit_table = None  # the embeddings normalised, made at the first neighbours request
+        self.pieces = None  # each token's bytes, made when a token that is part of a character is named
         self.streams = threading.BoundedSemaphore(MAX_STREAMS)
 
     def info(self):
@@ -95,10 +96,14 @@ class Explorer:
 
     def token(self, token):
         """{label, text} of a token: label as explain.py's pictures show it (␣the, \\n), text as it
-        reads in the text (None for a token that is part of a character, whose label is its id)."""
+        reads in the text. A token that is part of a character (a byte-level BPE's byte) has text
+        None, its id as label and its UTF-8 bytes in hex, which the page joins into whole characters."""
         text = self.codec.decode([token])
-        return {"label": label(self.codec, token, picture=True),
-                "text": None if token_label(token, text).startswith("#") else text}
+        if not token_label(token, text).startswith("#"):
+            return {"label": label(self.codec, token, picture=True), "text": text}
+        if self.pieces is None:  # the bytes of every token, made at the first part of a character asked for
+            self.pieces = self.codec.raw_bytes()
+        return {"label": label(self.codec, token, picture=True), "text": None, "bytes": self.pieces[token].hex()}
 
     def vocab(self, ids):
         return {str(i): self.token(i) for i in sorted(set(ids))}

@@ -467,6 +467,8 @@ def test_a_model_of_its_own_bpe_and_newer_parts_is_served(tmp_path, serve_page):
     labels = [answer["vocab"][str(i)] for i in ids]
     assert labels[0]["text"] == "the" and "".join(t["text"] or "" for t in labels[:-4]) == "the café "
     assert all(t["text"] is None and t["label"] == f"#{i}" for t, i in zip(labels[-4:], ids[-4:]))  # 🦜's 4 bytes
+    assert bytes.fromhex("".join(t["bytes"] for t in labels[-4:])).decode() == "🦜"  # the page joins them
+    assert all("bytes" not in t for t in labels[:-4])
     assert len(base64.b64decode(answer["next"]["logits"])) == 4 * codec.vocab_size
     assert len(answer["lens"]["depths"]) == 3 and answer["attention"]["heads"] == 2
     tokens, _ = generated(url, {"ids": ids, "n": 3, "temperature": 0})

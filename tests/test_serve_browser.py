@@ -262,3 +262,57 @@ def test_how_fast_the_page_is_with_a_model_of_shakespeares_shape(browser, serve_
                   f"(median of 5; worst {worst:.0f} ms; the model {model_ms:.0f} ms of it); a slider move "
                   f"redrawn in {redraw:.1f} ms (median of 20; worst {redraw_worst:.1f} ms)")
     assert len(figures) == 2
+
+
+CHINESE = "大語言模型是一種語言模型，由具有許多參數的人工神經網絡組成。使用自監督學習對大量未標記文本進行訓練。\n"
+
+
+def test_the_page_streams_whole_characters_of_a_byte_level_bpe(browser, serve_page):
+    """A byte-level BPE of Chinese text spells the characters it seldom saw in bytes. The page joins
+    such tokens into the character they make: while it generates, no span ever shows a part's id
+    or a broken character, and the text it ends with is the tokens' text, character for character."""
+    from gptkit.data import BPECodec
+    from gptkit.datasets import train_bpe
+    from model import GPTConfig
+
+    codec = BPECodec(train_bpe([CHINESE * 20], 300)[0])  # too small for most characters: bytes
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=128, vocab_size=320, n_layer=1, n_head=2, n_embd=16))
+    url = serve_page(Explorer(model.eval(), codec, "a Chinese BPE of 300 tokens, untrained"))
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, bypass_csp=True)
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(url)
+    page.wait_for_function("document.getElementById('model').textContent.includes('layers')")
+    prompt = "大語言模型寫詩"  # the last two characters are not in its training text: 3 tokens each
+    ids = codec.encode(prompt)
+    page.fill("#prompt", prompt)
+    wait_for_text(page, len(ids))
+    assert page.text_content("#text") == prompt
+    assert page.locator("#text .token[data-first]").count() == 2
+    # every span the text box shows while generating, as it is added or changed
+    page.evaluate("""() => {
+        window.shown = [];
+        new MutationObserver((changes) => {
+            for (const span of document.querySelectorAll('#text .token')) window.shown.push(span.textContent);
+        }).observe(document.getElementById('text'), {childList: true, subtree: true, characterData: true});
+    }""")
+    page.fill("#count", "60")
+    page.click("#generate")
+    page.wait_for_function("document.getElementById('status').textContent.includes('generated 60 tokens')")
+    shown = page.evaluate("window.shown")
+    assert shown and not [s for s in shown if "\ufffd" in s or s.startswith("#")]
+    drawn = page.evaluate("window.gptPage.tokens.map(t => t.id)")
+    assert drawn[:len(ids)] == ids and len(drawn) == len(ids) + 60
+    text = codec.decode(drawn)
+    assert any(len(codec.decode([i]).encode()) > 1 and "\ufffd" in codec.decode([i]) for i in drawn[len(ids):])
+    if "\ufffd" in text:  # the last character is unfinished: shown as "…" until its last part comes
+        assert text.endswith("\ufffd") and "\ufffd" not in text.rstrip("\ufffd")
+        text = text.rstrip("\ufffd") + "…"
+    assert page.text_content("#text") == text
+    # a character of several tokens is one span; hovering it names its parts
+    joined = page.locator("#text .token[data-first]").first
+    joined.hover()
+    assert "tokens: #" in page.text_content("#tooltip")
+    assert errors == []
+    page.close()

@@ -158,17 +158,87 @@ function tokenSpan(position) {
   return span;
 }
 
-function textSpan(position) {
-  const span = tokenSpan(position);
-  const drawn = page.tokens[position].drawn;
-  span.classList.add(drawn ? "drawn" : "prompt");
-  if (drawn) span.style.background = probColour(drawn.prob);
+// The text as it reads: a token to a span, except that tokens which are parts of one character (a
+// byte-level BPE spells a character it seldom saw in bytes) share a span that shows the character
+// once it is whole. Parts still waiting for the rest of their character show as "…"; parts that
+// can never make a character (ids typed in) show their ids.
+const UTF8 = new TextDecoder("utf-8", {fatal: true});
+
+function pieceBytes(positions) {
+  const hex = positions.map((k) => info(page.tokens[k].id).bytes).join("");
+  return Uint8Array.from(hex.match(/../g) || [], (pair) => parseInt(pair, 16));
+}
+
+function utf8State(positions) {  // "whole", "unfinished" (so far so good) or "invalid"
+  const data = pieceBytes(positions);
+  try {
+    UTF8.decode(data);
+    return "whole";
+  } catch {
+    try {
+      new TextDecoder("utf-8", {fatal: true}).decode(data, {stream: true});
+      return "unfinished";
+    } catch {
+      return "invalid";
+    }
+  }
+}
+
+function textGroups() {
+  const groups = [];
+  let run = [];  // positions of parts not yet a character
+  const settle = () => {
+    while (run.length && utf8State(run) === "invalid") groups.push({positions: [run.shift()], text: null});
+    if (run.length && utf8State(run) === "whole") {
+      groups.push({positions: run, text: UTF8.decode(pieceBytes(run))});
+      run = [];
+    }
+  };
+  page.tokens.forEach((token, k) => {
+    const {text, bytes} = info(token.id);
+    if (text === null && bytes !== undefined) {
+      run.push(k);
+      settle();
+      return;
+    }
+    groups.push(...run.map((p) => ({positions: [p], text: null})));  // cut short by a whole token
+    run = [];
+    groups.push({positions: [k], text});
+  });
+  if (run.length) groups.push({positions: run, text: null, unfinished: true});
+  return groups;
+}
+
+function textSpan(group) {
+  const {positions, text, unfinished} = group;
+  const last = positions[positions.length - 1];
+  const span = tokenSpan(last);
+  if (positions.length > 1) {
+    span.textContent = text;
+    span.classList.remove("piece");
+    span.dataset.first = positions[0];
+  }
+  if (unfinished) {
+    span.textContent = "…";
+    span.classList.add("unfinished");
+  }
+  const drawn = positions.map((k) => page.tokens[k].drawn);
+  span.classList.add(drawn[0] ? "drawn" : "prompt");
+  if (drawn.every(Boolean)) span.style.background = probColour(drawn.reduce((p, d) => p * d.prob, 1));
   return span;
 }
 
 function renderText() {
   const box = $("text");
-  box.replaceChildren(...page.tokens.map((_, i) => textSpan(i)));
+  box.replaceChildren(...textGroups().map(textSpan));
+  box.scrollTop = box.scrollHeight;
+}
+
+function appendText() {  // after a token was added: its span, or the text again where it ends a character
+  const box = $("text");
+  const last = page.tokens[page.tokens.length - 1];
+  if (info(last.id).text === null || box.querySelector(".unfinished")) return renderText();
+  box.append(textSpan({positions: [page.tokens.length - 1], text: info(last.id).text}));
   box.scrollTop = box.scrollHeight;
 }
 
@@ -188,6 +258,13 @@ function candidatesText(position) {
   return lines.join("\n");
 }
 
+function partsText(first, last) {  // a character made of several tokens: which, before the first's candidates
+  if (first === last) return "";
+  const parts = [];
+  for (let k = first; k <= last; k++) parts.push(`${info(page.tokens[k].id).label} (token ${k})`);
+  return `${JSON.stringify(UTF8.decode(pieceBytes(parts.map((_, i) => first + i))))} is ${parts.length} tokens: ${parts.join(" ")}\n`;
+}
+
 function showTooltip(event, text) {
   const tip = $("tooltip");
   tip.textContent = text;
@@ -202,7 +279,8 @@ function hoverToken(event) {
   const span = event.target.closest(".token");
   if (!span || !page.analysis) return;
   const position = Number(span.dataset.position);
-  showTooltip(event, candidatesText(position));
+  const first = span.dataset.first === undefined ? position : Number(span.dataset.first);
+  showTooltip(event, partsText(first, position) + candidatesText(first));
   if (page.query !== position) {
     page.query = position;
     renderAttention();
@@ -394,8 +472,7 @@ async function generate() {
         if (message.error) throw new Error(message.error);
         if (message.drawn) {
           addDrawn(message.drawn, `drawn (seed ${$("seed").value})`);
-          $("text").append(textSpan(page.tokens.length - 1));
-          $("text").scrollTop = $("text").scrollHeight;
+          appendText();
           say(`generating: ${++count} of ${body.n}`);
         }
         if ("done" in message) stopped = message.stopped;
