@@ -10,7 +10,7 @@
 
 Each view prints a table and writes a picture (--out, default explain_VIEW.png); serve serves a
 local page instead, until Ctrl-C. The model is read from out_dir/best.pt (else ckpt.pt) or
---checkpoint, as sample.py reads it, or --init_from=gpt2 (or a Hugging Face GPT-2 folder); summary
+--checkpoint, as sample.py reads it, or --init_from=gpt2 (or a Hugging Face folder); summary
 reads training config files too, and builds the model on the meta device: any size, no memory.
 """
 
@@ -39,7 +39,7 @@ from model import GPT, GPTConfig
 
 @dataclass
 class ExplainConfig:
-    init_from: str = "resume"  # 'resume': the model in out_dir; or GPT-2's weights: 'gpt2', ..., or a folder of them
+    init_from: str = "resume"  # 'resume': the model in out_dir; or GPT-2's weights ('gpt2', ...) or a Hugging Face folder
     out_dir: str = "out-shakespeare-char"  # the folder train.py wrote
     checkpoint: Optional[str] = None  # a checkpoint file; default: out_dir/best.pt, else out_dir/ckpt.pt
     out: Optional[str] = None  # the picture to write; default: explain_VIEW.png
@@ -161,8 +161,9 @@ def meta_model(config):
 
 
 def parameter_counts(model, untied=False):
-    """{kind: parameters} over model's parameters, each counted once. Our unembedding is tied (the
-    token embedding's tensor); untied=True adds one of its own, vocab x width."""
+    """{kind: parameters} over model's parameters, each counted once. A tied unembedding is the
+    token embedding's tensor, counted there; an untied model's (tie_embeddings=False) is counted as
+    'unembedding'. untied=True adds vocab x width to 'unembedding', as an untied one would."""
     counts = dict.fromkeys(KINDS, 0)
     for name, p in model.named_parameters():
         kind = next((kind for pattern, kind in PARAMETER_KINDS if re.search(pattern, name)), None)

@@ -1,11 +1,12 @@
 """Write a trained model as a Hugging Face folder: GPT-2's layout for GPT-2's parts, Llama's for
-rotary + RMSNorm + SwiGLU without biases, Qwen3's for those with QK-norm.
+rotary + RMSNorm + SwiGLU without biases, Qwen3's for those with QK-norm. Any other mix of parts
+is refused in one line naming the part.
 
     python export.py --out_dir=out-shakespeare --to=hf/shakespeare
 
 The folder holds config.json and model.safetensors, and the model's tokenizer (GPT-2's BPE:
-vocab.json, merges.txt; a BPE of the data's own, or characters: tokenizer.json), so that
-transformers loads it and gives the same logits:
+vocab.json, merges.txt; a BPE of the data's own, or characters: tokenizer.json; each with
+tokenizer_config.json), so that transformers loads it and gives the same logits:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
     model = AutoModelForCausalLM.from_pretrained("hf/shakespeare")

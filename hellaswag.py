@@ -1,7 +1,7 @@
 """Score a model on HellaSwag: the accuracy at choosing each context's ending, as llm.c and
 build-nanogpt compute it (gptkit/hellaswag.py).
 
-    python hellaswag.py --init_from=gpt2                   # OpenAI's GPT-2 124M: acc_norm 0.2955
+    python hellaswag.py --init_from=gpt2                   # OpenAI's GPT-2 124M (its figures: docs/hellaswag.md)
     python hellaswag.py --out_dir=out-gpt2                 # a model train.py wrote (in GPT-2's BPE)
     python hellaswag.py --init_from=gpt2 --limit=100       # the first 100 examples: a quick check
 
@@ -28,7 +28,7 @@ from gptkit.settings import load_settings, run_cli
 @dataclass
 class HellaSwagConfig:
     # 'resume': the model train.py wrote in out_dir; or GPT-2's weights: 'gpt2', 'gpt2-medium', 'gpt2-large',
-    # 'gpt2-xl', or a folder in Hugging Face's GPT-2 format
+    # 'gpt2-xl'; or a Hugging Face folder in GPT-2's BPE (GPT-2's, Llama's or Qwen3's layout)
     init_from: str = "resume"
     out_dir: str = "out"  # the folder train.py wrote
     checkpoint: Optional[str] = None  # a checkpoint file; default: out_dir/best.pt, else out_dir/ckpt.pt
@@ -58,7 +58,7 @@ def load(config, device):
         check_vocabulary(codec, path)
         return model, codec, str(path)
     model = load_gpt2(config.init_from).to(device).eval()
-    if model.config.vocab_size < GPT2_META["vocab_size"]:  # a folder export.py wrote from a character model
+    if model.config.vocab_size < GPT2_META["vocab_size"]:  # e.g. export.py's folder of a character model
         raise not_gpt2_bpe(f"init_from={config.init_from}", f"{model.config.vocab_size:,} tokens")
     return model, TiktokenCodec("gpt2"), config.init_from
 

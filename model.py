@@ -3,7 +3,8 @@
 A GPT reads a sequence of token ids and, at every position, predicts a distribution over
 the next token. Reading top to bottom: the configuration, the cache that makes sampling
 fast, the three parts of a transformer block (attention, MLP, the block itself), and the
-model. How a next token is drawn from its scores (temperature, top-k, top-p) is sample.py's.
+model. How a next token is drawn from its scores (temperature, top-k, top-p) is
+gptkit/sampling.py's.
 """
 
 import math
@@ -230,7 +231,7 @@ def sinusoidal_positions(block_size, n_embd):
 
 
 class GPT(nn.Module):
-    """Token embedding + position encoding -> n_layer blocks -> final LayerNorm -> logits,
+    """Token embedding + position encoding -> n_layer blocks -> final norm -> logits,
     one score per vocabulary entry for the token that comes next at every position."""
 
     def __init__(self, config):
@@ -256,7 +257,7 @@ class GPT(nn.Module):
         device = self.transformer.wte.weight.device
         if self.config.pos_encoding == "sinusoidal":
             # sin and cos have RMS 1/sqrt(2), far above the token embeddings' 0.02: scaled to
-            # RMS 0.02, the position no longer drowns the token after the first LayerNorm.
+            # RMS 0.02, the position does not drown the token after the first norm.
             table = sinusoidal_positions(self.config.block_size, self.config.n_embd) * 0.02 * math.sqrt(2)
             self.register_buffer("pos_table", table.to(device), persistent=False)
 
@@ -349,7 +350,7 @@ class GPT(nn.Module):
         """Yield (token (B,), logits (B, vocab_size)) for each new token after idx (B, T).
 
         choose(logits) -> tokens (B,) picks each next token from the last position's logits
-        (float32); None takes the most likely one. sample.py's TokenSampler draws with a
+        (float32); None takes the most likely one. gptkit/sampling.py's TokenSampler draws with a
         temperature, top-k and top-p. With use_cache=False every step recomputes the window.
 
         Past block_size, the model reads the last block_size tokens, at positions 0..block_size-1.

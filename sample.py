@@ -29,7 +29,7 @@ from gptkit.settings import UserError, load_settings, run_cli
 @dataclass
 class SampleConfig:
     # 'resume': the model train.py wrote in out_dir; or GPT-2's weights: 'gpt2', 'gpt2-medium', 'gpt2-large',
-    # 'gpt2-xl', or a folder in Hugging Face's GPT-2 format
+    # 'gpt2-xl'; or a Hugging Face folder (GPT-2's, Llama's or Qwen3's layout): its own tokenizer, else GPT-2's
     init_from: str = "resume"
     out_dir: str = "out-shakespeare-char"  # the folder train.py wrote
     checkpoint: Optional[str] = None  # a checkpoint file; default: out_dir/best.pt, else out_dir/ckpt.pt
@@ -117,7 +117,7 @@ def sample(config, out=None):
                                            disable=stream or config.num_samples == 1))
         for step, (tokens, logits) in enumerate(steps):
             bar.update()
-            # --show_probs shows probabilities after temperature, before top-k and top-p (greedy: at 1)
+            # --show_probs shows probabilities after temperature, before top-k and top-p (temperature 0: at 1)
             if config.show_probs or probs_file:
                 probs = filtered_probs(logits[:, :codec.vocab_size], config.temperature or 1.0, None, None)
             for i, (s, token) in enumerate(zip(samples, tokens.tolist())):

@@ -474,7 +474,7 @@ STAGES = [  # (name, seconds it needs on an H100 from cold caches, function): th
 
 # The stages that ask for equal losses run in float32 (TF32 matmuls on a GPU): in bfloat16, 2
 # processes and 1 sum the micro-batches' gradients in another order, and that alone moves the
-# losses ~2e-3 apart within 20 steps.
+# losses further apart than the 1e-3 those stages hold them to.
 
 def ddp_compiled(check):
     two, one = check.tmp / "ddp-two", check.tmp / "ddp-one"

@@ -1,5 +1,5 @@
 # Finetune OpenAI's GPT-2 (124M) on Shakespeare in GPT-2's BPE. First: python prepare/shakespeare.py
-# A GPU does it in about a minute; init_from='gpt2-xl' (1.5B) needs ~40 GB of GPU memory.
+# Meant for a GPU (on a CPU: docs/gpt2.md); init_from='gpt2-xl' (1.5B) needs ~40 GB of GPU memory.
 # Without internet, point init_from at a folder in Hugging Face's format: --init_from=PATH.
 out_dir = "out-shakespeare"
 eval_interval = 5

@@ -1,7 +1,7 @@
 # GPT-2 (124M) from scratch on OpenWebText, nanoGPT's recipe: ~0.5M tokens per step
 # (12 sequences x 1,024 tokens x 40 micro-batches = 491,520), 600k steps, ~300B tokens.
 # First: python prepare/openwebtext.py (~54 GB download, ~17 GB of token files).
-# nanoGPT ran it on 8 A100 40GB GPUs in about 4 days, to a val loss of ~2.85.
+# What nanoGPT reports for it on 8 A100 40GB GPUs (its time and val loss): docs/data.md.
 wandb_log = True
 wandb_project = "owt"
 wandb_run_name = "gpt2-124M"

@@ -1,5 +1,6 @@
 # The character-level Shakespeare model for one GPU: 6 layers, 6 heads, 384 wide, context 256
-# (10.65M parameters). On a CPU use configs/shakespeare_cpu.py instead: this one takes hours there.
+# (10.65M parameters). On a CPU use configs/shakespeare_cpu.py instead: this one takes hours there
+# (its step on a CPU: docs/performance.md#beside-nanogpt).
 out_dir = "out-shakespeare-char"
 eval_interval = 250  # the model overfits this small data set: evaluate often, keep the best
 eval_iters = 200

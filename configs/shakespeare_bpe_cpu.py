@@ -1,7 +1,7 @@
 # The CPU speedrun's model with the newer GPT parts, on tiny Shakespeare in a BPE of its own
-# (1,024 tokens, learned from the training text): in the same 3 minutes it scores better per byte
-# than characters, 2.123 bits per byte against 2.195 (docs/performance.md, "Which tokenizer"). Compare runs of
-# different tokenizers by val_bpb (plot.py --y bpb), not by val loss, which is per token.
+# (1,024 tokens, learned from the training text): in about the speedrun's time it scores better
+# per byte than characters (docs/performance.md#which-tokenizer). Compare runs of different
+# tokenizers by val_bpb (plot.py --y bpb), not by val loss, which is per token.
 out_dir = "out-shakespeare-bpe-cpu"
 eval_interval = 500
 eval_iters = 40
@@ -27,7 +27,7 @@ compile = True
 
 optimizer = "muon"
 learning_rate = 3e-3
-max_iters = 3800  # a step with dropout costs twice one without (attention is written out): 3 minutes
+max_iters = 3800  # with dropout a step costs more (attention is written out): docs/performance.md#which-tokenizer
 lr_decay_iters = max_iters
 min_lr = learning_rate / 10
 beta2 = 0.99

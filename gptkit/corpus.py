@@ -38,8 +38,8 @@ def default_num_proc():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-# Named prepare_corpus, not prepare: train.py runs a data script's prepare() by itself when data
-# is missing, and a download of tens of gigabytes must never start unasked.
+# Run only by prepare/openwebtext.py and prepare/fineweb.py: train.py prepares a missing data set
+# by itself only from datasets.RECIPES, and a download of tens of gigabytes never starts unasked.
 def prepare_corpus(out_dir, path, name=None, data_files=None, text_field="text", val_fraction=0.0005, seed=2357,
                    num_proc=None, cache_dir=None, overwrite=False, batch_size=1024):
     """A Hugging Face dataset (path, name; its train split) or local data_files -> out_dir/train.bin,

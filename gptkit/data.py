@@ -16,13 +16,13 @@ from gptkit.settings import UserError, reason
 
 # A token file is llm.c's (and modded-nanogpt's): a header of 256 little-endian int32 (magic
 # 20240520, version 1, the token count, then zeros) and the tokens as little-endian uint16. The
-# tokenizer and vocabulary are in meta.json beside it. Files this project wrote in its own
-# earlier format (a 1024-byte header of int64: magic 20261123, version, count, bytes per token,
-# vocabulary size, the tokenizer's name from byte 64) are read as they are.
+# tokenizer and vocabulary are in meta.json beside it. Files of this project's first header (1024
+# bytes of int64: magic 20261123, version, count, bytes per token, vocabulary size, the
+# tokenizer's name from byte 64) are read as they are; nothing writes that header.
 LLMC_MAGIC, LLMC_VERSION, HEADER_INTS, HEADER_BYTES = 20240520, 1, 256, 1024
 OLD_MAGIC, OLD_NAME_OFFSET, OLD_NAME_BYTES = 20261123, 64, 64
 VOCAB_CHECKED = 1 << 20  # a run checks the ids of a file's first million tokens against meta.json
-TOKENIZER_FILE, END_OF_TEXT = "tokenizer.json", "<|endoftext|>"  # a BPE of the data's own
+TOKENIZER_FILE, END_OF_TEXT = "tokenizer.json", "<|endoftext|>"  # a BPE of the data's own; hf.py's folders
 BPE_SIZES = (257, 65535)  # a byte-level BPE: the 256 bytes and <|endoftext|>, up to what uint16 holds
 
 
@@ -71,7 +71,7 @@ def write_tokens(path, tokens, meta=None):
 
 
 def read_tokens(path, meta=None):
-    """Memory-map a token file (llm.c's format, or this project's earlier one), checking its header
+    """Memory-map a token file (llm.c's format, or this project's first one), checking its header
     and, given the data set's meta, that its tokens belong to that vocabulary."""
     hint = "; prepare the data again (python prepare/<dataset>.py)"
     try:
@@ -97,7 +97,7 @@ def read_tokens(path, meta=None):
 
 
 def read_old_tokens(path, meta, hint):
-    """A token file in this project's earlier format (see the top of this file)."""
+    """A token file with this project's first header (see the top of this file)."""
     header = np.fromfile(path, dtype="<i8", count=HEADER_BYTES // 8)
     if header[1] != 1 or header[3] != 2:
         raise UserError(f"{path} has token-file version {header[1]}, expected 1{hint}")
@@ -194,8 +194,8 @@ def split_files(data_dir):
 
 
 def magic(path):
-    """The first int32 of a file: 20240520 for llm.c's token files (ours), 20261123 for this
-    project's earlier ones; anything else for raw tokens."""
+    """The first int32 of a file: 20240520 for llm.c's token files (ours), 20261123 for those
+    of this project's first header; anything else for raw tokens."""
     with open(path, "rb") as f:
         head = f.read(4)
     return int.from_bytes(head, "little") if len(head) == 4 else None
@@ -318,8 +318,9 @@ class TiktokenCodec:
 
 
 class BPECodec:
-    """A byte-level BPE learned from the data's own text (prepare/text.py --tokenizer bpe) with
-    Hugging Face's tokenizers: 256 byte tokens, the merges, and <|endoftext|> last, as GPT-2's."""
+    """A byte-level BPE learned from the data's own text (prepare/text.py --tokenizer bpe,
+    prepare/shakespeare_bpe.py) with Hugging Face's tokenizers: 256 byte tokens, the merges, and
+    <|endoftext|> last, as GPT-2's."""
 
     def __init__(self, tokenizer_json):
         from tokenizers import Tokenizer

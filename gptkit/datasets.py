@@ -1,7 +1,7 @@
-"""The data sets a run can prepare by itself, and the text they are made from: tiny Shakespeare
-as characters or as GPT-2's BPE (the text ships with the project, so no download is needed),
-and your own text. prepare/<name>.py is each one's command line; train.py prepares a data set
-named here the first time it is used (ensure_data)."""
+"""The data-set recipes and the text they are made from: tiny Shakespeare as characters, as a BPE
+of its own or as GPT-2's BPE (the text ships with the project, so no download is needed), which
+train.py prepares by itself the first time one is used (ensure_data), and your own text
+(prepare/text.py). prepare/<name>.py is each one's command line."""
 
 import inspect
 import os

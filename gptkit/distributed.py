@@ -37,7 +37,7 @@ class Processes:
             raise UserError(f"backend=nccl needs GPUs, but this run's device is {self.device}; "
                             f"use --backend=gloo (or leave backend at auto)")
         self.stdout = sys.stdout
-        if not self.master:  # one voice: the other ranks print no log lines (progress.py: no bars)
+        if not self.master:  # one voice: the other ranks print no log lines (runlog.progress: no bars)
             sys.stdout = open(os.devnull, "w")
         if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
             # torchrun's store outlives a restart (--max-restarts), and gloo would find there the

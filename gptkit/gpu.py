@@ -5,7 +5,7 @@ GPT.head makes the logits of every position, (B, T, vocab_size), then a float32 
 cross-entropy: for GPT-2 124M at 12 x 1024 tokens, 1.2 GB in bfloat16 and 2.5 GB in float32,
 each written and read again by the softmax and its backward. Here each slice of rows makes its
 logits, takes their loss and their gradients at once, and lets them go: the same loss and
-gradients, with a few hundred MB of logits alive at any time."""
+gradients, with one slice's logits and their gradient alive at any time (ROWS_PER_SLICE rows)."""
 
 import torch
 

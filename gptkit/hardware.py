@@ -1,4 +1,6 @@
-"""Which device and precision a run uses, and the autocast that applies the precision."""
+"""Which device and precision a run uses, and the autocast that applies the precision; whether
+it compiles by default; the peak FLOP/s and the FLOPs a token takes, for MFU; waiting for the
+device, and reading its scalars back without waiting for the whole queue."""
 
 import functools
 import re
@@ -68,10 +70,10 @@ def cpu_auto_dtype(n_embd, compiled=False, work="training"):
 
 # Dense (no sparsity) tensor-core peaks in FLOP/s from the makers' data sheets, by the names
 # torch.cuda.get_device_name() returns ("NVIDIA H100 80GB HBM3", "Tesla T4"). float32 means TF32
-# matmuls, which train.py turns on (V100 and T4 have none: their plain float32, and no bfloat16
-# tensor cores). The first pattern that matches decides, so a name's longer relatives (H100 PCIe,
-# L40S, A10G) come before it or are kept out by \b and $; a GPU that none matches gets no MFU
-# rather than a guess.
+# matmuls, which a run turns on (enable_tf32; V100 and T4 have none: their plain float32, and no
+# bfloat16 tensor cores). The first pattern that matches decides, so a name's longer relatives
+# (H100 PCIe, L40S, A10G) come before it or are kept out by \b and $; a GPU that none matches gets
+# no MFU rather than a guess.
 H100_SXM = {"bfloat16": 989e12, "float16": 989e12, "float32": 495e12}
 H100_PCIE = {"bfloat16": 756e12, "float16": 756e12, "float32": 378e12}
 H100_NVL = {"bfloat16": 835e12, "float16": 835e12, "float32": 418e12}
@@ -167,8 +169,9 @@ def measured_cpu_matmul_flops(dtype, n=1024):
 
 
 def enable_tf32():
-    """float32 matmuls and convolutions on TF32 tensor cores (Ampere and later): ~8x faster, with
-    a 10-bit mantissa, which training does not notice. What nanoGPT and PyTorch's guides do."""
+    """float32 matmuls and convolutions on TF32 tensor cores (Ampere and later), whose data-sheet
+    peak is several times plain float32's, with a 10-bit mantissa, which training does not
+    notice. What nanoGPT and PyTorch's guides do."""
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
 
@@ -211,9 +214,9 @@ def synchronize(device):
 
 
 def resolve_compile(compile, device):
-    """compile=None (auto): on for CUDA, where torch.compile pays back its minute of compiling
-    within a few hundred steps; off elsewhere, where it pays for some models only (a CPU config
-    that gains from it sets compile=True: docs/performance.md)."""
+    """compile=None (auto): on for CUDA, where torch.compile soon pays back its compiling; off
+    elsewhere, where it pays for some models only (a CPU config that gains from it sets
+    compile=True). Why: docs/performance.md#torchcompile."""
     return device.split(":")[0] == "cuda" if compile is None else compile
 
 

@@ -1,8 +1,8 @@
 """HellaSwag (Zellers et al., 2019), the benchmark GPT-2 reproductions report, scored as llm.c and
 build-nanogpt score it: each example is a context and 4 endings; the model reads the context
 followed by each ending, and the ending it finds most likely wins. acc takes the ending whose
-tokens have the lowest summed loss, acc_norm the lowest mean loss per token (GPT-2 124M:
-acc 0.2859, acc_norm 0.2955 on the 10,042 validation examples).
+tokens have the lowest summed loss, acc_norm the lowest mean loss per token (the figures
+reported for OpenAI's models: docs/hellaswag.md).
 
 hellaswag.py scores a model with it; train.py every hellaswag_interval iterations."""
 

@@ -1,10 +1,15 @@
-"""Hugging Face's GPT-2 folders: OpenAI's weights in (load_gpt2), our models out (export_gpt2).
+"""Hugging Face folders in and out. In (load_gpt2): OpenAI's GPT-2 weights, or a folder in GPT-2's,
+Llama's or Qwen3's layout that this GPT computes exactly. Out (export_hf): a model of GPT-2's parts
+in GPT-2's layout, one of rotary + RMSNorm + SwiGLU without biases in Llama's (Qwen3's with
+QK-norm); any other mix is refused.
 
-A folder holds config.json and model.safetensors, and its tokenizer: for GPT-2's BPE vocab.json
-and merges.txt; for a BPE of the data's own or a character model, tokenizer.json.
-Our model has GPT-2's layout and parameter names; two things differ. GPT-2 keeps each linear
+A folder export_hf writes holds config.json and model.safetensors, and the tokenizer: for GPT-2's
+BPE vocab.json, merges.txt and tokenizer_config.json; for a BPE of the data's own or a character
+model, tokenizer.json and tokenizer_config.json.
+In GPT-2's layout our parameter names are GPT-2's; two things differ. GPT-2 keeps each linear
 layer's weight as (in, out), the layout of its Conv1D module, where nn.Linear keeps (out, in);
-and a state saved from the Hub's base model has no 'transformer.' prefix.
+and a state saved from the Hub's base model has no 'transformer.' prefix. Llama's layout names
+every weight its own way and splits c_attn into q, k and v, c_fc into gate and up (llama_tensors).
 """
 
 import json
@@ -37,12 +42,12 @@ GPT2_TOKENIZER_FILES = {  # tiktoken's source files for GPT-2's BPE are Hugging 
 
 
 def is_pretrained(init_from):
-    """Whether init_from names GPT-2 weights: one of PRETRAINED, or a folder holding config.json."""
+    """Whether init_from names Hugging Face weights: one of PRETRAINED, or a folder holding config.json."""
     return init_from in PRETRAINED or (Path(init_from) / "config.json").is_file()
 
 
 def pretrained_folder(name_or_path):
-    """The local folder of a GPT-2 name (downloaded from the Hub, or found in its cache) or path."""
+    """The local folder of a GPT-2 name (downloaded from the Hub, or found in its cache) or of a path."""
     if name_or_path not in PRETRAINED:
         folder = Path(name_or_path)
         if not (folder / "config.json").is_file():
@@ -59,7 +64,8 @@ def pretrained_folder(name_or_path):
 
 
 def read_config(folder, dropout=0.0):
-    """The GPTConfig of a GPT-2 folder's config.json; a variant our model cannot compute is refused."""
+    """The GPTConfig of a folder's config.json (GPT-2's, or Llama's or Qwen3's: read_llama_config);
+    a variant our model cannot compute is refused."""
     path = Path(folder) / "config.json"
     try:
         hf = json.loads(path.read_text())
@@ -86,7 +92,7 @@ def read_config(folder, dropout=0.0):
 
 
 def read_weights(folder):
-    """name -> tensor from model.safetensors (or its shards, or an older pytorch_model.bin)."""
+    """name -> tensor from model.safetensors (or its shards, or pytorch_model.bin)."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -102,7 +108,8 @@ def read_weights(folder):
 
 
 def load_gpt2(name_or_path, dropout=0.0):
-    """A GPT with the weights of a GPT-2 folder or name (see PRETRAINED)."""
+    """A GPT with the weights of a GPT-2 name (see PRETRAINED) or of a folder in GPT-2's, Llama's or
+    Qwen3's layout."""
     folder = pretrained_folder(name_or_path)
     model = GPT(read_config(folder, dropout))
     if model.config.pos_encoding == "rope":  # a Llama or Qwen3 folder
@@ -116,7 +123,7 @@ def load_gpt2(name_or_path, dropout=0.0):
         for name, tensor in read_weights(folder).items():
             name = name.removeprefix("transformer.")
             if name.endswith((".attn.bias", ".attn.masked_bias")) or name == "lm_head.weight":
-                continue  # the causal-mask buffers of older saves; the unembedding is the tied wte
+                continue  # the causal-mask buffers some saves hold; the unembedding is the tied wte
             state[name if name.startswith("lm_head") else f"transformer.{name}"] = \
                 tensor.t() if name.endswith(CONV1D) else tensor
         state["lm_head.weight"] = state["transformer.wte.weight"]
@@ -128,7 +135,7 @@ def load_gpt2(name_or_path, dropout=0.0):
 
 
 def gpt2_meta(model, init_from):
-    """The data a model of GPT-2's weights reads: the folder's own tokenizer (a character model's
+    """The data a model loaded by load_gpt2 reads: its folder's own tokenizer (a character model's
     or a BPE of its own, as export.py writes them), else GPT-2's BPE."""
     meta = folder_meta(init_from) if init_from not in PRETRAINED else None
     if meta is not None:
@@ -156,7 +163,7 @@ def export_hf(model, codec, folder):
     layout for GPT-2's parts (GPT2LMHeadModel), Llama's for rotary + RMSNorm + SwiGLU without biases
     (LlamaForCausalLM), Qwen3's for those with QK-norm (Qwen3ForCausalLM). The vocabulary is cut
     to the data's (padding rows are never a token). A mix no layout holds is refused in one line
-    that names the part and the nearest layout."""
+    that names the part and what each layout takes."""
     if not_gpt2(model.config) is None:
         return export_gpt2(model, codec, folder)
     layout, problem = llama_layout(model.config)

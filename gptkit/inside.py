@@ -56,7 +56,7 @@ def attention_weights(model, idx):
 
 def logit_lens(model, streams):
     """streams (n_layer + 1, T, C) -> logits (n_layer + 1, T, V): what the model would predict from
-    the residual stream at each depth, through the final LayerNorm and the unembedding as forward
+    the residual stream at each depth, through the final norm and the unembedding as forward
     applies them after the last block (so the last row is the model's own logits)."""
     with torch.no_grad():
         logits = model.lm_head(model.transformer.ln_f(streams))

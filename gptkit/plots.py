@@ -105,7 +105,7 @@ def compare_figure(runs, y="loss"):
     key = "val_bpb" if y == "bpb" else "val_loss"
     for i, (label, rows) in enumerate(runs.items()):
         steps, evals = split_rows(rows)
-        evals = [r for r in evals if r.get(key) is not None]  # runs from before bpb was logged have none
+        evals = [r for r in evals if r.get(key) is not None]  # no val_bpb: no tokenizer files to count bytes with
         color = f"C{i % 10}"
         if y == "loss":
             ax.plot([r["iter"] for r in steps], [r["loss"] for r in steps], color=color, alpha=0.25, linewidth=1)

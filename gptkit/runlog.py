@@ -51,7 +51,7 @@ class Clock:
     """The run's wall time (carried across resumes) and the time left, from the measured
     mean step and evaluation times of this session. The session's first step and first
     evaluation are left out of those means once there are others: they include compiling
-    (compile=True: tens of seconds on a CPU) and warming caches."""
+    (compile=True) and warming caches."""
 
     def __init__(self, elapsed_before=0.0):
         self.elapsed_before, self.started = elapsed_before, time.perf_counter()

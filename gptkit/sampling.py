@@ -1,6 +1,7 @@
 """What sampling needs, for sample.py, explain.py and the benchmarks: a model and its codec
-from a checkpoint or GPT-2's weights, the distribution each token is drawn from (temperature,
-top-k, top-p), the prompt, and the text as it grows."""
+from a checkpoint or a Hugging Face folder, the distribution each token is drawn from
+(temperature, top-k, top-p, only tokens that keep a byte-level text valid UTF-8), the prompt,
+and the text as it grows."""
 
 import math
 import re
@@ -184,7 +185,8 @@ def load_model(path, device):
 
 
 def load_pretrained(name_or_path, device):
-    """GPT-2's weights (see hf.PRETRAINED) and GPT-2's BPE."""
+    """The weights of a GPT-2 name (see hf.PRETRAINED) or a Hugging Face folder, and the codec
+    they read: the folder's own tokenizer, else GPT-2's BPE (hf.gpt2_meta)."""
     model = load_gpt2(name_or_path)
     return model.to(device).eval(), codec_from_meta(gpt2_meta(model, name_or_path))
 
@@ -198,7 +200,8 @@ def check_init_from(init_from):
 
 def load_chosen(init_from, out_dir, checkpoint, device):
     """(the file or folder read, model, codec) of the settings every script that samples takes:
-    init_from 'resume' reads out_dir's checkpoint (or the checkpoint named), else GPT-2's weights."""
+    init_from 'resume' reads out_dir's checkpoint (or the checkpoint named), else a GPT-2 name or
+    a Hugging Face folder."""
     if init_from == "resume":
         path = find_checkpoint(out_dir, checkpoint)
         return (path, *load_model(path, device))

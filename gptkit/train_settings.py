@@ -21,8 +21,9 @@ class TrainConfig:
     hellaswag_interval: int = 0  # score HellaSwag at every evaluation at a multiple of this (GPT-2's BPE only); 0: off
     hellaswag_file: Optional[str] = None  # None: data_dir/hellaswag/hellaswag_val.jsonl, downloaded the first time
     # 'scratch'; 'resume' (out_dir/ckpt.pt, whose model shape it keeps); 'auto' (resume if out_dir holds a
-    # run, else scratch); or GPT-2's weights to finetune: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or
-    # a folder in Hugging Face's GPT-2 format (the weights fix the shape; dropout and a shorter block_size may be set)
+    # run, else scratch); or weights to finetune: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or a Hugging
+    # Face folder (GPT-2's, Llama's or Qwen3's layout; the weights fix the shape; dropout and a shorter block_size
+    # may be set)
     init_from: str = "scratch"
     seed: int = 1337  # fixes the initial weights, the batches and dropout
     # logging to Weights & Biases
@@ -131,7 +132,7 @@ def settings_for_model(config, saved, source, crop=False):
     """config with the model shape `saved` (a checkpoint's model_config, or pretrained weights'):
     as nanoGPT resumes, the config file may leave the shape out, and a shape setting the user
     gave that differs is a mistake. crop: a shorter block_size than the model's may be set.
-    An option a model_config does not name (one saved before the option existed) is its default."""
+    An option a model_config does not name (nanoGPT's checkpoints name only theirs) is its default."""
     saved = {**OPTION_DEFAULTS, **saved}
     given = given_settings(config)
     fixed = [k for k in SHAPE_SETTINGS if not (crop and k == "block_size" and config.block_size <= saved[k])]

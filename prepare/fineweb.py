@@ -14,8 +14,8 @@ without it is unfinished.
 Disk: the download (Hub parquet files) and the Arrow copy datasets makes of it; for sample-10BT
 expect several tens of GB in the Hugging Face cache (--cache_dir puts it elsewhere; it may be
 deleted afterwards), plus the ~20 GB of token files. sample-100BT needs ten times as much.
-Time: the download and its Arrow copy, then tokenising, which takes tens of minutes for sample-10BT on
-a few cores (docs/performance.md has the rates measured).
+Time: the download and its Arrow copy, then tokenising (the rate measured, and what it makes of
+sample-10BT: docs/performance.md#tokenising-a-corpus, docs/data.md).
 This script never runs by itself from train.py: run it once, then
     python train.py --dataset=fineweb ...
 Every flag: python prepare/fineweb.py --help; the code is gptkit/corpus.py.

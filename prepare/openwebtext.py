@@ -11,8 +11,8 @@ seed, for validation, as nanoGPT does. meta.json comes last: a folder without it
 
 Disk: ~54 GB for the Hugging Face cache (the download and its Arrow copy; --cache_dir puts it
 elsewhere, and it may be deleted afterwards) plus ~17 GB of token files.
-Time: the download and its Arrow copy, then tokenising, which takes tens of minutes for OpenWebText on
-a few cores (docs/performance.md has the rates measured).
+Time: the download and its Arrow copy, then tokenising (the rate measured, and what it makes of
+OpenWebText: docs/performance.md#tokenising-a-corpus, docs/data.md).
 This script never runs by itself from train.py: run it once, then
     python train.py --dataset=openwebtext ...
 Every flag: python prepare/openwebtext.py --help; the code is gptkit/corpus.py.
