@@ -119,7 +119,8 @@ def sample(config, out=None):
             bar.update()
             # --show_probs shows probabilities after temperature, before top-k and top-p (temperature 0: at 1)
             if config.show_probs or probs_file:
-                probs = filtered_probs(logits[:, :codec.vocab_size], config.temperature or 1.0, None, None)
+                shown = config.temperature if config.temperature >= GREEDY_BELOW else 1.0
+                probs = filtered_probs(logits[:, :codec.vocab_size], shown, None, None)
             for i, (s, token) in enumerate(zip(samples, tokens.tolist())):
                 if s.done:
                     continue

@@ -38,7 +38,7 @@ class TimeBudget:
     def choose(self, iter_num, eval_interval, eval_seconds):
         """(max_iters, the line that says so): the most steps whose time, with the evaluations to
         come (each eval_seconds), fits what is left of the budget less 5% (a shared machine's steps
-        vary by that much over a run, and the end writes a checkpoint); rounded down to 2
+        vary over a run, docs/performance.md#the-cpu-speedrun, and the end writes a checkpoint); rounded down to 2
         significant digits, so that a little noise in the measurement does not change it."""
         step = statistics.median(self.step_seconds)
         elapsed = time.perf_counter() - self.started

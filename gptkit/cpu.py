@@ -29,9 +29,9 @@ def use_cpu_kernels(model):
 def cpu_dropout(x, p):
     """Zero each value of x with probability p and scale the rest by 1 / (1 - p).
 
-    torch's CPU dropout draws a random float per value, which costs more than the attention
-    around it. Here 16 random bits per value are drawn at once, and p is rounded to a multiple
-    of 1/65536."""
+    torch's CPU dropout draws a random float per value, which is slow on a CPU
+    (docs/performance.md#the-cpu-fast-paths). Here 16 random bits per value are drawn at once,
+    and p is rounded to a multiple of 1/65536."""
     dropped = round(p * 65536)  # of the 65536 values of 16 bits, this many drop
     words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-2**63, None)  # 64 random bits each
     bits = words.view(torch.int16)[: x.numel()].view(x.shape)  # uniform over -32768..32767
@@ -52,7 +52,7 @@ class CPUCausalSelfAttention(CausalSelfAttention):
     """Attention as a CPU computes it fastest. In training with dropout, written out with
     cpu_dropout on its weights: torch's fused CPU attention cannot drop weights, and its
     fallback draws a float per weight. Under bfloat16 autocast, in float32: torch's CPU
-    attention is slower in bfloat16 (its backward several times so)."""
+    attention is slower in bfloat16 (docs/performance.md#the-cpu-fast-paths)."""
 
     def attend(self, q, k, v, mask, is_causal):
         if self.training and self.dropout > 0:
@@ -67,8 +67,8 @@ class CPUCausalSelfAttention(CausalSelfAttention):
 def keep_freed_memory():
     """Within it, glibc's malloc keeps the memory a step frees, for the next step to reuse. By
     default it hands freed blocks of more than ~128 KiB back to the system and faults them in
-    again, zero-filled, the next time, which makes a small model's CPU step measurably slower
-    (see docs/performance.md). On leaving, glibc's defaults are set again. Yields whether the
+    again, zero-filled, the next time, which slows a small model's CPU step
+    (docs/performance.md#the-cpu-fast-paths). On leaving, glibc's defaults are set again. Yields whether the
     setting took (False off glibc, e.g. macOS or musl)."""
     mallopt = None
     if sys.platform.startswith("linux"):
@@ -91,8 +91,8 @@ def keep_freed_memory():
 class PackedLinear(nn.Module):
     """An nn.Linear for sampling on a CPU: the weight converted once to bfloat16 in oneDNN's
     blocked layout (the layout its matmul reads fastest), the input cast to bfloat16 and the
-    output back to float32. For one token, a matmul reads each weight once, and from this layout
-    it takes about half the time of autocast's bfloat16 matmul.
+    output back to float32. For one token, a matmul reads each weight once, and this layout is
+    the one oneDNN reads fastest (docs/performance.md#sampling-speed).
 
     activation (an nn.GELU or nn.ReLU) is applied inside the matmul, and the output then stays
     in bfloat16: it is an MLP's hidden layer, read only by the next PackedLinear."""
@@ -120,7 +120,7 @@ def sampling_precision(model, device, dtype):
     """The context to sample an eval-mode model in dtype.
 
     On a CPU in bfloat16, inside it every nn.Linear is replaced by a PackedLinear (an MLP's
-    activation moves into its first one), and the rest (attention, LayerNorm) runs in float32,
+    activation moves into its first one), and the rest (attention, the norms) runs in float32,
     which is faster there than bfloat16; on leaving it the model has its own layers again, whole
     (its state_dict and parameters as before) and able to train. Elsewhere, or where this torch
     has no oneDNN bfloat16 matmul, the context is autocast."""

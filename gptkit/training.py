@@ -65,9 +65,14 @@ class TrainingRun:
         data_dir = ensure_data(config.data_dir, config.dataset)
         self.meta = dataset_meta(data_dir)
         if pretrained and self.meta != gpt2_meta(pretrained, config.init_from):
-            raise UserError(f"init_from={config.init_from} reads GPT-2's BPE tokens, but {data_dir} holds "
-                            f"{tokenizer_name(self.meta)} tokens; prepare the data with prepare/shakespeare.py "
-                            f"or prepare/text.py --tokenizer gpt2")
+            wanted = gpt2_meta(pretrained, config.init_from)
+            if tokenizer_name(wanted) == "gpt2":
+                reads, fix = "GPT-2's BPE", ("prepare the data with prepare/shakespeare.py or prepare/text.py "
+                                             "--tokenizer gpt2")
+            else:
+                reads, fix = f"its own {tokenizer_name(wanted)}", "train it on the data it was trained on"
+            raise UserError(f"init_from={config.init_from} reads {reads} tokens, but {data_dir} holds "
+                            f"{tokenizer_name(self.meta)} tokens; {fix}")
         self.sampler = BatchSampler(data_dir, self.meta, config.block_size, config.batch_size, config.seed)
         self.hellaswag = self.hellaswag_share(data_dir) if config.hellaswag_interval else None
         self.token_bytes = self.text_bytes_of_tokens()
