@@ -372,7 +372,8 @@ def write_char_tokenizer(folder, codec, max_length):
 
 def folder_meta(folder):
     """The data a Hugging Face folder's model reads, from its tokenizer.json when it has one (a
-    character model's or a BPE of its own, as export.py writes them), else None."""
+    character model's or a BPE of its own, as export.py writes them), else None: GPT-2's BPE,
+    which a folder of GPT-2's (from the Hub) may also hold as a tokenizer.json."""
     path = Path(folder) / TOKENIZER_FILE
     if not path.is_file():
         return None
@@ -381,6 +382,9 @@ def folder_meta(folder):
     if model.get("type") == "WordLevel" and model.get("unk_token") == CHAR_UNKNOWN:
         chars = "".join(sorted(model["vocab"], key=model["vocab"].get))
         return {"codec": "char", "vocab_size": len(chars), "chars": chars}
+    vocab = model.get("vocab", {})
+    if len(vocab) == GPT2_META["vocab_size"] and vocab.get("<|endoftext|>") == 50256 and vocab.get("\u0120the") == 262:
+        return None  # GPT-2's own: its data is tiktoken's, as prepare/shakespeare.py writes it
     if model.get("type") == "BPE":
         return {"codec": "bpe", "vocab_size": BPECodec(text).vocab_size, "tokenizer": text}
     return None

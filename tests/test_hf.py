@@ -381,3 +381,19 @@ def test_parts_no_layout_holds_are_refused_naming_the_part(tmp_path, change, par
     with pytest.raises(UserError, match=f"this model has {re.escape(part)}, which no Hugging Face layout here holds"):
         export_hf(GPT(config), CharCodec("abcdefgh"), tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def test_a_gpt2_folder_with_its_tokenizer_json_reads_gpt2_data(tmp_path):
+    """GPT-2's folder from the Hub holds tokenizer.json beside vocab.json: it is GPT-2's BPE, whose
+    data tiktoken writes, not a BPE of its own."""
+    from transformers import AutoTokenizer
+
+    from gptkit.data import GPT2_META
+    from gptkit.hf import folder_meta, gpt2_meta, write_gpt2_tokenizer
+
+    write_gpt2_tokenizer(tmp_path, 1024)
+    AutoTokenizer.from_pretrained(tmp_path).save_pretrained(tmp_path)
+    assert (tmp_path / "tokenizer.json").is_file()
+    assert folder_meta(tmp_path) is None
+    model = GPT(GPTConfig(block_size=8, vocab_size=50257, n_layer=1, n_head=1, n_embd=8))
+    assert gpt2_meta(model, str(tmp_path)) == GPT2_META
