@@ -19,7 +19,7 @@ from gptkit.cpu import use_cpu_kernels
 from gptkit.data import GPT2_META, TiktokenCodec
 from gptkit.hardware import autocast_context, resolve_device, resolve_dtype
 from gptkit.hellaswag import HellaSwag, check_vocabulary, hellaswag_file, not_gpt2_bpe
-from gptkit.hf import PRETRAINED, is_pretrained, load_gpt2
+from gptkit.hf import PRETRAINED, folder_meta, is_pretrained, load_gpt2
 from gptkit.runlog import duration
 from gptkit.sampling import load_model
 from gptkit.settings import load_settings, run_cli
@@ -58,8 +58,9 @@ def load(config, device):
         check_vocabulary(codec, path)
         return model, codec, str(path)
     model = load_gpt2(config.init_from).to(device).eval()
-    if model.config.vocab_size < GPT2_META["vocab_size"]:  # e.g. export.py's folder of a character model
-        raise not_gpt2_bpe(f"init_from={config.init_from}", f"{model.config.vocab_size:,} tokens")
+    own = folder_meta(config.init_from) if config.init_from not in PRETRAINED else None  # its own tokenizer
+    if own is not None or model.config.vocab_size < GPT2_META["vocab_size"]:  # e.g. export.py's folders
+        raise not_gpt2_bpe(f"init_from={config.init_from}", f"{(own or {}).get('vocab_size', model.config.vocab_size):,} tokens")
     return model, TiktokenCodec("gpt2"), config.init_from
 
 

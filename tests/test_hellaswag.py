@@ -299,3 +299,18 @@ def test_two_processes_split_the_examples_and_score_as_one(bpe_data, gpt2_model,
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("hellaswag acc_norm") == 1
     assert f"hellaswag acc_norm 1.0000 (acc {acc:.4f})" in result.stdout
+
+
+def test_a_folder_of_its_own_bpe_as_large_as_gpt2s_is_refused(tmp_path, capsys):
+    """A folder whose tokenizer.json is a BPE of its own reads other tokens than GPT-2's, however
+    many it has: scored with GPT-2's BPE it would read nonsense."""
+    from gptkit.data import TOKENIZER_FILE
+    from gptkit.datasets import train_bpe
+
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=50304, n_positions=16, n_embd=16, n_layer=1,
+                                                         n_head=2)).save_pretrained(tmp_path / "own")
+    (tmp_path / "own" / TOKENIZER_FILE).write_text(train_bpe(["a few words of text, and more words\n" * 20], 270)[0])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        hellaswag.main([f"--init_from={tmp_path / 'own'}", f"--hellaswag_file={EXAMPLES}", "--device=cpu"])
+    assert_one_error_line(capsys, info, "own reads a vocabulary of")
