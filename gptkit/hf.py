@@ -163,12 +163,13 @@ def export_hf(model, codec, folder):
     layout for GPT-2's parts (GPT2LMHeadModel), Llama's for rotary + RMSNorm + SwiGLU without biases
     (LlamaForCausalLM), Qwen3's for those with QK-norm (Qwen3ForCausalLM). The vocabulary is cut
     to the data's (padding rows are never a token). A mix no layout holds is refused in one line
-    that names the part and what each layout takes."""
+    that names the part each layout cannot take, and what each takes."""
     if not_gpt2(model.config) is None:
         return export_gpt2(model, codec, folder)
     layout, problem = llama_layout(model.config)
     if problem:
-        raise UserError(f"this model has {problem}, which no Hugging Face layout here holds: GPT-2's takes GPT-2's "
+        raise UserError(f"this model has {not_gpt2(model.config)}, which GPT-2's layout does not take, and {problem}, "
+                        f"which Llama's does not: GPT-2's takes GPT-2's "
                         f"parts (configs/gpt2_parts.py), Llama's takes pos_encoding='rope', norm='rmsnorm', "
                         f"activation='swiglu', bias=False and no logit_softcap (Qwen3's with qk_norm too); "
                         f"train one of those")

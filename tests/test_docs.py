@@ -412,7 +412,7 @@ ERRORS = [
     ("characters outside the model's vocabulary", lambda c: c.sample("--out_dir", c.run(), "--start=é")),
     ("is not UTF-8 text", lambda c: c.sample("--out_dir", c.run(), "--start=FILE:" + c.file("p.txt", b"\xff\xfe ok"))),
     ("is the file sampling reads", lambda c: c.sample("--out_dir", c.run(), "--probs_file=out/best.pt")),
-    ("which no Hugging Face layout here holds", model_no_layout_holds),
+    ("which Llama's does not", model_no_layout_holds),
     ("is a folder; name a checkpoint file", lambda c: c.sample("--checkpoint", c.run())),
     ("'chars' must be a non-empty string", broken_metadata),
     ("top_p must be in (0, 1]", lambda c: c.sample("--top_p=1.5")),

@@ -378,7 +378,7 @@ def test_a_model_of_the_newer_parts_exports_as_llama_or_qwen3(tmp_path, qk_norm,
 def test_parts_no_layout_holds_are_refused_naming_the_part(tmp_path, change, part):
     config = GPTConfig(**{**dict(block_size=16, vocab_size=40, n_layer=1, n_head=2, n_embd=32, bias=False,
                                  pos_encoding="rope", norm="rmsnorm", activation="swiglu"), **change})
-    with pytest.raises(UserError, match=f"this model has {re.escape(part)}, which no Hugging Face layout here holds"):
+    with pytest.raises(UserError, match=f"which GPT-2's layout does not take, and {re.escape(part)}, which Llama's does not"):
         export_hf(GPT(config), CharCodec("abcdefgh"), tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
 

@@ -158,8 +158,8 @@ def test_export_refuses_rotary_with_layernorm_in_one_line_naming_the_layouts(tin
     capsys.readouterr()
     with pytest.raises(SystemExit) as excinfo:
         export.main([f"--out_dir={tmp_path / 'out'}", f"--to={tmp_path / 'hf'}"])
-    assert_one_error_line(capsys, excinfo, "this model has norm='layernorm', which no Hugging Face layout here holds: "
-                                           "GPT-2's takes GPT-2's parts")
+    assert_one_error_line(capsys, excinfo, "this model has pos_encoding='rope', which GPT-2's layout does not take, "
+                                           "and norm='layernorm', which Llama's does not: GPT-2's takes GPT-2's parts")
     assert not (tmp_path / "hf").exists()
 
 
