@@ -7,6 +7,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def plain_mode():
+    """The mode a plain open() gives a new file: 0666 less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextmanager
 def atomic_write(path, mode="wb"):
     """Yield a temporary file beside path; when the block ends without error, flush it to
@@ -16,9 +23,7 @@ def atomic_write(path, mode="wb"):
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, mode) as f:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(f.fileno(), 0o666 & ~umask)  # the mode a plain open() gives, not mkstemp's 0600
+            os.fchmod(f.fileno(), plain_mode())  # not mkstemp's 0600
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from gptkit.data import END_OF_TEXT, GPT2_META, TOKENIZER_FILE, BPECodec, CharCodec
-from gptkit.files import atomic_write
+from gptkit.files import atomic_write, plain_mode
 from gptkit.settings import UserError, reason
 from model import GPT, GPTConfig
 
@@ -229,6 +229,7 @@ def export_folder(model, codec, folder, tensors, hf_config):
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / ".model.safetensors.tmp"
     save_file(tensors, tmp, metadata={"format": "pt"})
+    os.chmod(tmp, plain_mode())  # readable as the folder's other files are, not safetensors' 0600
     os.replace(tmp, folder / "model.safetensors")
     if gpt2_bpe:
         write_gpt2_tokenizer(folder, config.block_size)

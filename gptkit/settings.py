@@ -8,9 +8,11 @@ A user's mistake raises UserError; run_cli turns it into one line and exit statu
 import argparse
 import ast
 import difflib
+import inspect
 import os
 import runpy
 import sys
+import textwrap
 import types
 import typing
 from dataclasses import asdict, fields
@@ -60,8 +62,29 @@ class ArgumentParser(argparse.ArgumentParser):
 def load_settings(cls, argv):
     """Build the dataclass cls from its defaults, then config files (in order), then the
     command line: `file.py`, `--key=value` or `--key value` (a bare `--flag` sets a bool).
-    The result's `explicit` attribute names the settings that a file or the command line gave."""
+    The result's `explicit` attribute names the settings that a file or the command line gave.
+    --help (or -h) prints the settings and exits."""
+    if any(arg in ("--help", "-h") for arg in argv):
+        print(settings_help(cls))
+        raise SystemExit(0)
     return settings_from(cls, *split_arguments(cls, argv))
+
+
+def settings_help(cls):
+    """What --help prints: how a command line is read, then cls's settings as its source gives
+    them, each with its type, default and comment."""
+    lines = inspect.getsource(cls).splitlines()
+    lines = lines[next(i for i, line in enumerate(lines) if line.startswith("class ")) + 1:]
+    body = []
+    for line in lines:
+        if line.strip().startswith(("def ", "@")):
+            break
+        if line.strip() and not line.strip().startswith('"""'):
+            body.append(line.rstrip())
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0].endswith(".py") else "the script"
+    return (f"usage: python {program} [CONFIG.py ...] [--key=value ...]\n\n"
+            f"Each setting is its default below, then what each config file sets, then --key=value.\n\n"
+            + textwrap.dedent("\n".join(body)))
 
 
 def split_arguments(cls, argv):

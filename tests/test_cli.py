@@ -427,3 +427,18 @@ def test_sample_script(trained, run_sample):
                             text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout == run_sample()
+
+
+@pytest.mark.parametrize("script", ["train", "sample", "export", "hellaswag"])
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_lists_every_setting_with_its_default_and_exits_0(script, flag):
+    import dataclasses
+
+    result = subprocess.run([sys.executable, str(ROOT / f"{script}.py"), flag], capture_output=True, text=True,
+                            timeout=120, cwd=ROOT)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout.startswith(f"usage: python {script}.py [CONFIG.py ...] [--key=value ...]")
+    cls = {"train": "TrainConfig", "sample": "SampleConfig", "export": "ExportConfig", "hellaswag": "HellaSwagConfig"}
+    module = __import__(script) if script != "train" else __import__("gptkit.train_settings", fromlist=["x"])
+    for field in dataclasses.fields(getattr(module, cls[script])):
+        assert re.search(rf"^{field.name}: .* = ", result.stdout, re.M), field.name

@@ -332,6 +332,8 @@ def test_a_character_model_exports_with_its_tokenizer_and_generates_as_sample_py
     out_dir = train_tiny_char_model(tmp_path, "ROMEO:\nBut soft, what light through yonder window breaks?\n\n" * 40, 32)
     assert export.main([f"--out_dir={out_dir}", f"--to={tmp_path / 'hf'}"]) == 0
     assert {"tokenizer.json", "tokenizer_config.json"} <= {p.name for p in (tmp_path / "hf").iterdir()}
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "hf").iterdir()}
+    assert len(set(modes.values())) == 1, modes  # the weights readable as the other files are
     greedy = ["--start=ROMEO:", "--max_new_tokens=20", "--temperature=0", "--device=cpu", "--dtype=float32"]
     capsys.readouterr()
     assert sample.main([f"--out_dir={out_dir}", *greedy]) == 0
