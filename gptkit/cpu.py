@@ -51,12 +51,16 @@ class CPUDropout(nn.Dropout):
 class CPUCausalSelfAttention(CausalSelfAttention):
     """Attention as a CPU computes it fastest. In training with dropout, written out with
     cpu_dropout on its weights: torch's fused CPU attention cannot drop weights, and its
-    fallback draws a float per weight. Under bfloat16 autocast, in float32: torch's CPU
-    attention is slower in bfloat16 (docs/performance.md#the-cpu-fast-paths)."""
+    fallback draws a float per weight. In compiled training, written out too: its mask and
+    softmax fuse into one kernel, and the step is faster than with the fused attention. Else,
+    under bfloat16 autocast, in float32: torch's CPU attention is slower in bfloat16
+    (docs/performance.md#the-cpu-fast-paths)."""
 
     def attend(self, q, k, v, mask, is_causal):
         if self.training and self.dropout > 0:
             return cpu_dropout(attention_weights(q, k, mask, is_causal), self.dropout) @ v
+        if self.training and torch.compiler.is_compiling():
+            return attention_weights(q, k, mask, is_causal) @ v
         if torch.is_autocast_enabled("cpu"):
             with torch.autocast("cpu", enabled=False):
                 return super().attend(q.float(), k.float(), v.float(), mask, is_causal)

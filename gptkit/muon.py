@@ -52,14 +52,16 @@ class MuonAdamW(torch.optim.Optimizer):
     def muon_step(self, group, params):
         lr, decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
         by_shape = {}
-        for p in params:
-            by_shape.setdefault(p.shape, []).append(p)
+        for p in params:  # (rows, cols) and (cols, rows) together: each tall one is taken transposed
+            by_shape.setdefault(tuple(sorted(p.shape)), []).append(p)
         for shape, same in by_shape.items():  # each shape's matrices orthogonalised in one batch
             grads = [p.grad for p in same]
             buffers = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in same]
             torch._foreach_lerp_(buffers, grads, 1 - momentum)  # an average of the gradients, recent ones weighed most
             updates = torch._foreach_lerp(grads, buffers, momentum)  # Nesterov: a step past it, toward the gradient
-            directions = orthogonalise(torch.stack(updates)).to(same[0].dtype).unbind(0)
+            tall = [p.size(0) > p.size(1) for p in same]
+            wide = torch.stack([u.mT if t else u for u, t in zip(updates, tall)])
+            directions = [d.mT if t else d for d, t in zip(orthogonalise(wide).to(same[0].dtype).unbind(0), tall)]
             torch._foreach_mul_(same, 1 - lr * decay)
             torch._foreach_add_(same, directions, alpha=-lr * 0.2 * math.sqrt(max(shape)))
 
