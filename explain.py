@@ -16,6 +16,7 @@ reads training config files too, and builds the model on the meta device: any si
 
 import re
 import sys
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -103,13 +104,22 @@ def token_id(codec, text, setting):
     return ids[0]
 
 
+def display_width(text):
+    """Columns text takes on a terminal: two for each wide character (Chinese, Japanese, Korean)."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
 def format_table(header, rows, align=None):
-    """Columns that line up; align holds 'l' or 'r' a column (default: the first left, the rest right)."""
+    """Columns that line up on a terminal, wide characters included; align holds 'l' or 'r' a
+    column (default: the first left, the rest right)."""
     rows = [[str(cell) for cell in row] for row in [header] + rows]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    widths = [max(display_width(row[i]) for row in rows) for i in range(len(header))]
     align = align or "l" + "r" * (len(header) - 1)
-    return "\n".join("  ".join(cell.ljust(w) if a == "l" else cell.rjust(w) for cell, w, a in
-                               zip(row, widths, align)).rstrip() for row in rows)
+
+    def pad(cell, width, a):
+        room = " " * (width - display_width(cell))
+        return cell + room if a == "l" else room + cell
+    return "\n".join("  ".join(pad(cell, w, a) for cell, w, a in zip(row, widths, align)).rstrip() for row in rows)
 
 
 def human(number, unit=""):
@@ -448,8 +458,9 @@ def lens_figure(probs, guesses, ids, depths, name):
     position; guesses (D, T) its id, named in the cell (name(id) -> text), bold where it is the
     prompt's own next token; the prompt's ids (T) along the bottom, each next one along the top."""
     D, T = probs.shape
-    column = max(0.62, 0.085 * max(len(name(i)) for i in guesses.flatten().tolist()))  # inches: room for the guesses
-    fig = figure(max(5, column * T + 1.8), 0.42 * D + 1.9)
+    widest = max(display_width(name(i)) for i in guesses.flatten().tolist())
+    column = max(0.62, 0.085 * widest)  # inches: room for the guesses
+    fig = figure(max(6, column * T + 1.8), 0.42 * D + 2.1)  # at least the title's width
     ax = fig.add_subplot()
     image = ax.imshow(probs.numpy(), cmap="Blues", vmin=0, vmax=1, aspect="auto", origin="lower")
     for d in range(D):
@@ -466,7 +477,7 @@ def lens_figure(probs, guesses, ids, depths, name):
     top.set_xlabel("the prompt's own next token", fontsize=8)
     top.tick_params(length=0)
     fig.colorbar(image, ax=ax, label="probability of the top guess", shrink=0.8)
-    ax.set_title("logit lens: the likeliest next token read from each layer (bold: the prompt's own next token)",
+    ax.set_title("logit lens: the likeliest next token read from each layer\n(bold: the prompt's own next token)",
                  fontsize=10)
     return fig
 

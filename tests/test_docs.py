@@ -787,3 +787,18 @@ def test_docs_explain_summary_is_what_the_command_prints(tmp_path, monkeypatch, 
     printed = capsys.readouterr().out.replace(str(tmp_path / "summary.png"), "explain_summary.png").splitlines()
     assert quoted == printed, ("docs/explain.md's summary of GPT-3 175B is not what `python explain.py summary "
                                "configs/gpt3/175b.py --untied` prints, which is:\n" + "\n".join(printed))
+
+
+def test_docs_readme_results_table_is_the_one_results_py_writes():
+    # The README's results table is made by benchmarks/results.py from its rows' commands: the
+    # commands shown are the ones it runs, in its order, and rewriting the table keeps the rest.
+    results = importlib.import_module("benchmarks.results")
+    readme = read("README.md")
+    block = readme[readme.index(results.BEGIN) + len(results.BEGIN): readme.index(results.END)]
+    rows = [line for line in block.splitlines() if line.startswith("| ") and not line.startswith("| what ")]
+    shown = [re.findall(r"`([^`]+)`", row.split(" | ")[1])[-1] for row in rows]
+    assert shown == [command for _, command, _ in results.ROWS.values()], \
+        "README.md's results table and benchmarks/results.py's ROWS differ: run python benchmarks/results.py"
+    assert block.strip().startswith("`python benchmarks/results.py"), "the table's machine line is missing"
+    rewritten = results.replace_table(readme, "NEW")
+    assert rewritten.replace(results.BEGIN + "\nNEW\n", results.BEGIN + block) == readme

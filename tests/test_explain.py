@@ -263,6 +263,28 @@ def test_lens_picture_names_the_top_guesses(tmp_path):
     assert_png(tmp_path / "lens.png", pixels(figure))
 
 
+def test_lens_picture_keeps_its_title_within_the_picture(tmp_path):
+    # A one-token prompt makes the narrowest picture: its title is still drawn whole.
+    codec = CharCodec("abc ")
+    figure = explain.lens_figure(torch.tensor([[0.9], [0.3]]), torch.tensor([[0], [2]]), [1], ["embeddings", "layer 1"],
+                                 lambda token: explain.label(codec, token, picture=True))
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()  # lays the picture out, as saving it does
+    renderer = canvas.get_renderer()
+    title = figure.axes[0].title.get_window_extent(renderer)
+    picture = figure.bbox
+    assert picture.x0 <= title.x0 and title.x1 <= picture.x1 and title.y1 <= picture.y1, (title, picture)
+
+
+def test_tables_line_up_wide_characters():
+    # A Chinese character takes two columns on a terminal: the columns after it still line up.
+    table = explain.format_table(["token", "probability"], [["'大語'", "0.50"], ["'a'", "0.25"], ["'語'", "0.125"]])
+    lines = table.splitlines()
+    assert len({explain.display_width(line) for line in lines}) == 1, table
+    assert explain.display_width("'大語'") == 6 and explain.display_width("abc") == 3
+
+
 # ----------------------------------------------------------------------------- the command line
 
 @pytest.fixture(scope="module")
