@@ -189,6 +189,30 @@ def parameter_counts(model, untied=False):
     return counts
 
 
+def kind_shapes(model):
+    """{kind: the shape of its matrices, in words} for this model (KINDS gives GPT-2's)."""
+    c = model.config
+    params = dict(model.named_parameters())
+
+    def word(size):
+        if size == c.n_embd:
+            return "width"
+        if size % c.n_embd == 0:
+            return f"{size // c.n_embd} width"
+        return f"{size:,}"
+
+    shapes = dict(KINDS)
+    up, down = params["transformer.h.0.mlp.c_fc.weight"], params["transformer.h.0.mlp.c_proj.weight"]
+    if c.activation == "swiglu":  # a gate and a value, side by side
+        shapes["MLP up"] = f"layers x width x 2 x {word(up.size(0) // 2)} (gate and value)"
+    else:
+        shapes["MLP up"] = f"layers x width x {word(up.size(0))}"
+    shapes["MLP down"] = f"layers x {word(down.size(1))} x width"
+    norm = "gain and bias" if "transformer.ln_f.bias" in params else "gain"
+    shapes["layer norms"] = f"{norm}, 2 a layer + 1" + (", and each head's query and key gain" if c.qk_norm else "")
+    return shapes
+
+
 def summary_config(config, files):
     """The GPTConfig to summarise: that of the training config files, else the checkpoint's."""
     if not files and config.init_from != "resume":
@@ -217,15 +241,16 @@ def summary_config(config, files):
 def summary(config, files):
     model_config, source = summary_config(config, files)
     model = meta_model(model_config)
-    counts = parameter_counts(model, config.untied)
-    total = sum(counts.values())
     c = model_config
+    untied = config.untied or not c.tie_embeddings
+    counts = parameter_counts(model, untied=config.untied and c.tie_embeddings)
+    total = sum(counts.values())
     print(f"{source}: {c.n_layer} layers, {c.n_head} heads, {c.n_embd:,} wide, context {c.block_size:,}, "
-          f"vocabulary {c.vocab_size:,}; unembedding {'untied' if config.untied else 'tied'}\n")
+          f"vocabulary {c.vocab_size:,}; unembedding {'untied' if untied else 'tied'}\n")
     rows = []
-    for kind, shape in KINDS.items():
+    for kind, shape in kind_shapes(model).items():
         count = f"{counts[kind]:,}"
-        if kind == "unembedding" and not config.untied:
+        if kind == "unembedding" and not untied:
             count, shape = "tied", "the token embedding's matrix, read the other way (no parameters of its own)"
         rows.append([kind, count, f"{counts[kind] / total:.2%}" if counts[kind] else "", shape])
     matrices = sum(counts[kind] for kind in MATRICES)
@@ -245,7 +270,7 @@ def summary(config, files):
                        [[f"{name} ({'6N + 12 L T C' if name == 'training' else '2N + 4 L T C'})",
                          f"{m:.4g}", f"{a:.4g}", f"{m + a:.4g}"] for name, (m, a) in flops.items()]))
     return summary_figure(counts, memory, f"{source}: {human(total)} parameters"
-                                          f"{', unembedding untied' if config.untied else ''}")
+                                          f"{', unembedding untied' if untied else ''}")
 
 
 def summary_figure(counts, memory, title):

@@ -3,6 +3,7 @@ built on the meta device), the next-token probabilities the sampler draws from, 
 that rebuild the model's own attention output, nearest tokens and analogies, the logit lens, the
 pictures (valid PNGs holding the data shown), and one line for each user's mistake."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,23 @@ def test_summary_counts_each_kind_as_numel_of_a_real_model(tiny_config, changes)
     assert explain.parameter_counts(on_meta) == counts
     untied = explain.parameter_counts(on_meta, untied=True)
     assert untied == {**counts, "unembedding": config.vocab_size * config.n_embd}
+
+
+def test_summary_of_a_model_with_the_newer_parts_names_their_shapes(tmp_path, capsys):
+    # An untied model's unembedding is counted as its own (not shown as tied), SwiGLU's up
+    # projection holds a gate and a value, and RMSNorm has a gain and no bias.
+    config_file = tmp_path / "newer.py"
+    config_file.write_text("n_layer = 2\nn_head = 2\nn_embd = 64\nblock_size = 32\nactivation = 'swiglu'\n"
+                           "norm = 'rmsnorm'\ntie_embeddings = False\npos_encoding = 'rope'\nbias = False\n")
+    assert explain.main(["summary", str(config_file), "--vocab_size=65", f"--out={tmp_path / 's.png'}"]) == 0
+    rows = {line.split()[0] + (" " + line.split()[1] if not line.split()[1][0].isdigit() else ""): line
+            for line in capsys.readouterr().out.splitlines() if line.strip()}
+    printed = "\n".join(rows.values())
+    assert "unembedding untied" in printed
+    assert re.search(r"^unembedding\s+4,160\s", rows["unembedding"]), rows["unembedding"]  # 65 x 64
+    assert "layers x width x 2 x 171 (gate and value)" in rows["MLP up"]
+    assert "layers x 171 x width" in rows["MLP down"]
+    assert "gain, 2 a layer + 1" in rows["layer norms"] and "bias" not in rows["layer norms"]
 
 
 def test_summary_of_gpt3_175b_is_the_papers_to_the_parameter(tmp_path, capsys):
