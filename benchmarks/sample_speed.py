@@ -71,7 +71,7 @@ def main(argv):
     parser.add_argument("--new_tokens", type=int, default=1000)
     parser.add_argument("--prompt_tokens", type=int, default=1)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto", help="as sample.py's: auto measures which is faster on a CPU")
+    parser.add_argument("--dtype", default="auto", help="as sample.py's: auto follows dtype auto's rule (docs/performance.md#dtype-auto)")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
