@@ -16,6 +16,7 @@ PyTorch's version.
 """
 
 import datetime
+import importlib.util
 import math
 import os
 import re
@@ -31,10 +32,10 @@ from gptkit.hardware import cpu_has_bf16, measured_cpu_matmul_flops
 from gptkit.runlog import read_metrics
 from gptkit.settings import ArgumentParser, UserError, run_cli
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nanogpt_side_by_side import nanogpt_copy  # noqa: E402
-
 ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("nanogpt_side_by_side", ROOT / "benchmarks" / "nanogpt_side_by_side.py")
+side_by_side = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(side_by_side)  # its working copy of a nanoGPT checkout, data prepared
 README = ROOT / "README.md"
 BEGIN, END = "<!-- results: python benchmarks/results.py --nanogpt=../nanoGPT -->", "<!-- /results -->"
 NANOGPT_RECIPE = ("--device=cpu --compile=False --eval_iters=20 --log_interval=1 --block_size=64 --batch_size=12 "
@@ -92,7 +93,7 @@ def run_row(name, nanogpt, tmp):
     out, cache = Path(tmp) / name / "out", Path(tmp) / name / "inductor"
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache), WANDB_MODE="disabled")
     if whose == "nanoGPT":
-        cwd = nanogpt_copy(nanogpt, Path(tmp) / name)
+        cwd = side_by_side.nanogpt_copy(nanogpt, Path(tmp) / name)
         extra = [f"--out_dir={out}"]
     else:
         cwd, extra = ROOT, [f"--out_dir={out}", f"--data_dir={Path(tmp) / name / 'data'}"]
