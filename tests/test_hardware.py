@@ -64,13 +64,13 @@ def test_a_compiler_that_fails_is_one_line_and_exit_status_2(tiny_train_args, mo
     import torch._dynamo
     import torch._inductor.config
 
-    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", ("/nonexistent/g++",))
     torch._dynamo.reset()
-    try:
-        with pytest.raises(SystemExit) as stopped:
+    try:  # the config's own patch, which puts the compiler back after (monkeypatch would delete it)
+        with torch._inductor.config.patch({"cpp.cxx": ("/nonexistent/g++",)}), pytest.raises(SystemExit) as stopped:
             train.main(tiny_train_args + ["--compile=True", "--max_iters=2", "--dtype=float32"])
     finally:
         torch._dynamo.reset()
+    assert torch._inductor.config.cpp.cxx != ("/nonexistent/g++",)
     err = capsys.readouterr().err
     assert stopped.value.code == 2
     assert err.startswith("error: torch.compile failed here (") and err.rstrip().endswith("run with --compile=False")
