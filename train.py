@@ -16,7 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from gptkit.budget import UNDECIDED, TimeBudget, command_started, with_max_iters
+from gptkit.budget import UNDECIDED, TimeBudget, command_started, deadline, with_max_iters
 from gptkit.checkpoint import save_run
 from gptkit.distributed import gradient_sync
 from gptkit.hardware import synchronize
@@ -39,6 +39,7 @@ def train(config, started=None):
             announce(run)
             budget = TimeBudget(config.time_budget, started, config.warmup_iters, run.iter_num) \
                 if run.budget_open else None
+            end = deadline(run.config, started)
             first_iter, logged = run.iter_num, Interval()
             bar = progress(total=config.max_iters, initial=run.iter_num, desc="training", unit="iter")
             while True:
@@ -55,6 +56,14 @@ def train(config, started=None):
                     save_run(run)
                     log(f"stopped at iteration {it}; saved {run.out_dir / 'ckpt.pt'}. "
                         f"To continue, run the same command with --init_from=resume")
+                    break
+                if agree and end and not budget and run.procs.any(end.passed(run.clock.evaluation_seconds())):
+                    if run.last_eval_iter != it:
+                        evaluate(run)
+                    save_run(run)
+                    log(f"time_budget {config.time_budget:g} s: stopped at iteration {it:,} of {config.max_iters:,}, "
+                        f"the steps having slowed since they were measured; saved {run.out_dir / 'ckpt.pt'}. "
+                        f"To finish its schedule, run the same command with --init_from=resume")
                     break
                 step_started = time.perf_counter()
                 lr = get_lr(config, it)

@@ -3,8 +3,9 @@ open, measures its steps once they are warm (compiled, past the first ones), and
 learning-rate schedule first depends on it (the end of warm-up) fixes max_iters to what fits the
 budget, counting the evaluations still to come. Under a budget lr_decay_iters follows max_iters
 unless it is set. The choice is printed with the --max_iters=N that repeats the run exactly, and
-a checkpoint records it, so a resumed run keeps the same schedule. A max_iters that is set means
-what it says, and the budget is not used."""
+a checkpoint records it, so a resumed run keeps the same schedule. Should the machine slow after
+the choice, the run stops at the end of its budget, and a resume finishes it. A max_iters that is
+set means what it says, and the budget is not used."""
 
 import math
 import os
@@ -81,6 +82,26 @@ def budgeted(config, saved):
         raise UserError(f"{saved['iter_num']} iterations into this run its warm-up is over and its checkpoint "
                         f"records no max_iters for time_budget to keep; resume with --max_iters=N")
     return with_max_iters(config, UNDECIDED), True
+
+
+class Deadline:
+    """The end of a run sized by its time_budget (its max_iters not given): the command stops
+    there, its schedule finished or not, where the machine slowed after its steps were measured
+    (a VM's busy host, a laptop's heat). A resume finishes the schedule."""
+
+    def __init__(self, config, started):
+        self.at = started + config.time_budget
+
+    def passed(self, eval_seconds):
+        """True once an evaluation (eval_seconds) from now would end past the budget."""
+        return time.perf_counter() + eval_seconds >= self.at
+
+
+def deadline(config, started):
+    """The Deadline of a run sized by its time_budget, else None (no budget, or max_iters given)."""
+    if not config.time_budget or config.eval_only or "max_iters" in given_settings(config):
+        return None
+    return Deadline(config, started)
 
 
 def with_max_iters(config, max_iters):

@@ -72,6 +72,10 @@ class Clock:
         self.first_eval = seconds if self.evals == 0 else self.first_eval
         self.eval_seconds, self.evals = self.eval_seconds + seconds, self.evals + 1
 
+    def evaluation_seconds(self):
+        """An evaluation's time, as this session measured it (0 before the first)."""
+        return mean_after_first(self.eval_seconds, self.evals, self.first_eval)
+
     def left(self, iter_num, config):
         """Seconds to the end, just after the step to iter_num: the steps left, and the
         evaluations still to come (at each multiple of eval_interval from iter_num on, and at
@@ -79,8 +83,7 @@ class Clock:
         evals_left = config.max_iters // config.eval_interval - (iter_num - 1) // config.eval_interval
         evals_left += config.max_iters % config.eval_interval != 0
         step = mean_after_first(self.step_seconds, self.steps, self.first_step)
-        evaluation = mean_after_first(self.eval_seconds, self.evals, self.first_eval)
-        return (config.max_iters - iter_num) * step + evals_left * evaluation
+        return (config.max_iters - iter_num) * step + evals_left * self.evaluation_seconds()
 
 
 def mean_after_first(total, count, first):

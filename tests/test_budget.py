@@ -58,6 +58,30 @@ def test_a_budgeted_run_stopped_and_resumed_equals_the_straight_run(char_data, t
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
+def test_a_run_that_slows_past_its_budget_stops_there_and_a_resume_finishes_it(char_data, tmp_path, monkeypatch,
+                                                                                 capsys):
+    # The machine slows after the choice: the run stops at its budget's end, evaluated and
+    # saved, and a resume trains the rest of the same schedule, weight for weight the straight run.
+    fixed_choice(monkeypatch, 70)
+    checks = []
+
+    def passed(self, eval_seconds):  # the budget's end comes at the 25th check after the choice
+        checks.append(eval_seconds)
+        return len(checks) >= 25
+    with monkeypatch.context() as m:
+        m.setattr(budget.Deadline, "passed", passed)
+        assert train.main(budget_args(char_data, tmp_path / "budgeted")) == 0
+    out = capsys.readouterr().out
+    assert "time_budget 60 s: stopped at iteration 44 of 70" in out and "--init_from=resume" in out
+    assert "step 44: train loss" in out  # evaluated where it stopped
+    assert load_checkpoint(tmp_path / "budgeted" / "ckpt.pt")["iter_num"] == 44
+    assert train.main(budget_args(char_data, tmp_path / "budgeted", init_from="resume")) == 0
+    assert train.main(budget_args(char_data, tmp_path / "straight", max_iters=70)) == 0
+    a, b = (load_checkpoint(tmp_path / name / "ckpt.pt") for name in ("budgeted", "straight"))
+    assert a["iter_num"] == b["iter_num"] == 70
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
 def test_max_iters_given_means_what_it_says(char_data, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(budget.TimeBudget, "choose", lambda *args: pytest.fail("the budget chose, though max_iters was given"))
     assert train.main(budget_args(char_data, tmp_path / "out", time_budget=0.001, max_iters=30)) == 0
