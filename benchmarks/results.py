@@ -88,7 +88,8 @@ def current_commit():
 
 
 def run_row(name, nanogpt, tmp):
-    """(iterations, chosen by a budget or None, wall seconds, best val loss, its bits per byte)."""
+    """(iterations made, those a time budget chose or None, wall seconds, best val loss, its bits
+    per byte)."""
     what, command, whose = ROWS[name]
     out, cache = Path(tmp) / name / "out", Path(tmp) / name / "inductor"
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache), WANDB_MODE="disabled")
@@ -116,8 +117,9 @@ def run_row(name, nanogpt, tmp):
         best_row = min(evals, key=lambda row: row["val_loss"])
         best, bpb, iterations = best_row["val_loss"], best_row.get("val_bpb"), max(row["iter"] for row in rows)
     chosen = re.search(r"time_budget [\d.]+ s: ([\d,]+) iterations", result.stdout)
+    chosen = int(chosen.group(1).replace(",", "")) if chosen else None
     print(f"  {iterations:,} iterations, {wall:.1f} s, best val loss {best:.4f}", flush=True)
-    return iterations, chosen is not None, wall, best, bpb
+    return iterations, chosen, wall, best, bpb
 
 
 def minutes(seconds):
@@ -130,7 +132,8 @@ def table(results):
     for name, (iterations, chosen, wall, best, bpb) in results.items():
         what, command, whose = ROWS[name]
         shown = f"in a nanoGPT checkout: `{command}`" if whose == "nanoGPT" else f"`{command}`"
-        its = f"{iterations:,}" + (" (chosen)" if chosen else "")
+        its = f"{iterations:,}" if chosen is None else f"{iterations:,} (chosen)" if iterations == chosen else \
+            f"{iterations:,} of {chosen:,} chosen (the budget ran out)"
         loss = f"{best:.4f}" + (f" ({bpb:.4f})" if bpb is not None else "")
         lines.append(f"| {what} | {shown} | {its} | {minutes(wall)} | {loss} |")
     return "\n".join(lines)
