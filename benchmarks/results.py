@@ -19,6 +19,7 @@ import datetime
 import importlib.util
 import math
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -53,27 +54,22 @@ ROWS = {
 }
 
 
-def cpu_name():
-    """The CPU's model name as Linux reports it, else the platform's word for it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-    return platform.processor() or "an unnamed CPU"
+def cpu_description():
+    """'name (N cores; its bfloat16 matmul instructions)', from Linux's /proc/cpuinfo where there is one."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                platform.processor() or "an unnamed CPU")
+    features = ", ".join(label for flag, label in (("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX"))
+                         if flag in info) or "no bfloat16 matmul instructions"
+    return f"{name} ({os.cpu_count()} cores; {features})"
 
 
 def machine_line(commit):
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    features = ", ".join(name for flag, name in (("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX"))
-                         if flag in flags) or "no bfloat16 matmul instructions"
     rates = [f"{measured_cpu_matmul_flops('float32') / 1e9:,.0f} GFLOP/s float32"]
     if cpu_has_bf16():
         rates.append(f"{measured_cpu_matmul_flops('bfloat16') / 1e9:,.0f} bfloat16")
     return (f"`python benchmarks/results.py --nanogpt=../nanoGPT`, {datetime.date.today().isoformat()}, commit "
-            f"{commit}: {cpu_name()} ({os.cpu_count()} cores; {features}), 1024 x 1024 matmul on "
+            f"{commit}: {cpu_description()}, 1024 x 1024 matmul on "
             f"{torch.get_num_threads()} threads {' and '.join(rates)}; PyTorch {torch.__version__.split('+')[0]}; "
             f"each command from a fresh output folder, data folder and compile cache.")
 
